@@ -1,0 +1,58 @@
+// fasteplb core: Expert Parallelism Load Balancing on plain row-major arrays.
+//
+// Pure C++17, no Python. Every function works on all rows (layers) in one call, threads over
+// rows, and gives bit-identical output for any thread count. Loads are doubles; every tie is
+// broken by a fixed rule (load, then lower index), so results are reproducible on every rank.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace fasteplb {
+
+enum class Refine {
+    None,  // DeepSeek's greedy (LPT with cardinality) only
+    Swap,  // greedy, then max/min pair swaps (the seed's refinement)
+};
+
+struct Options {
+    Refine refine = Refine::Swap;
+    int swap_rounds = 20;  // upper bound on swaps per packing call (Refine::Swap)
+    int num_threads = 0;   // <= 0: hardware concurrency, capped by the row count
+};
+
+// Parses "none" / "swap"; throws std::invalid_argument naming `refine` otherwise.
+Refine parse_refine(const std::string& name);
+
+// Throws std::invalid_argument unless every entry of weight[rows, cols] is finite and >= 0.
+void check_weights(const double* weight, int64_t rows, int64_t cols, const char* name);
+
+// Packs each row's n items into num_packs packs of exactly n / num_packs items.
+//   weight: [rows, n]; pack_index, rank_in_pack: [rows, n] (outputs)
+void balanced_packing(const double* weight, int64_t rows, int64_t n, int64_t num_packs,
+                      const Options& opt, int64_t* pack_index, int64_t* rank_in_pack);
+
+// Gives each of a row's num_log experts >= 1 replicas, num_phy in all, each extra replica to
+// the expert with the largest load per replica (ties: lower expert index).
+//   weight: [rows, num_log]; phy2log, rank: [rows, num_phy]; logcnt: [rows, num_log] (outputs)
+void replicate_experts(const double* weight, int64_t rows, int64_t num_log, int64_t num_phy,
+                       const Options& opt, int64_t* phy2log, int64_t* rank, int64_t* logcnt);
+
+// Full plan: hierarchical (groups -> nodes, replicate within node, replicas -> GPUs) when
+// num_groups % num_nodes == 0, else global (one group, one node), as DeepSeek's eplb.py.
+//   weight: [layers, experts]; phy2log, phyrank: [layers, num_replicas];
+//   logcnt: [layers, experts] (outputs)
+void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
+                       int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
+                       int64_t num_gpus, const Options& opt, int64_t* phy2log, int64_t* phyrank,
+                       int64_t* logcnt);
+
+// Largest entry of logcnt[n] (0 when n == 0).
+int64_t max_count(const int64_t* logcnt, int64_t n);
+
+// log2phy[l, e, r] = the slot holding replica r of expert e in layer l, -1 past logcnt.
+//   phy2log, phyrank: [layers, num_replicas]; log2phy: [layers, experts, max_cnt] (output)
+void fill_log2phy(const int64_t* phy2log, const int64_t* phyrank, int64_t layers,
+                  int64_t experts, int64_t num_replicas, int64_t max_cnt, int64_t* log2phy);
+
+}  // namespace fasteplb

@@ -1,0 +1,74 @@
+"""Command line: ``python -m fasteplb demo`` (also installed as ``fasteplb``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import __version__, balancedness, rebalance_experts, reference
+from ._timing import machine, median_ms
+
+# DeepSeek-V3 prefill deployment: 256 routed experts in 8 groups, 32 redundant slots,
+# 4 nodes x 8 GPUs (EP32, 9 slots per GPU).
+DEMO_SHAPE = dict(num_replicas=288, num_groups=8, num_nodes=4, num_gpus=32)
+
+
+def demo_load() -> np.ndarray:
+    """The bundled synthetic DeepSeek-V3-shaped load: [58 layers, 256 experts] token counts."""
+    path = resources.files("fasteplb") / "data" / "deepseek_v3_synthetic.npy"
+    with resources.as_file(path) as p:
+        return np.load(p).astype(np.int64)
+
+
+def demo(repeats: int) -> int:
+    weight = demo_load()
+    g = DEMO_SHAPE["num_gpus"]
+    print(f"fasteplb {__version__} demo on {machine()}")
+    print(
+        f"load: synthetic DeepSeek-V3 shape, {weight.shape[0]} layers x {weight.shape[1]} "
+        f"experts; plan: {DEMO_SHAPE['num_replicas']} slots, {DEMO_SHAPE['num_groups']} "
+        f"groups, {DEMO_SHAPE['num_nodes']} nodes, {g} GPUs (hierarchical)\n"
+    )
+    rows = []
+    for refine in ("none", "swap"):
+        ref_plan = reference.rebalance_experts(weight, **DEMO_SHAPE, refine=refine)
+        ref_ms = median_ms(
+            lambda r=refine: reference.rebalance_experts(weight, **DEMO_SHAPE, refine=r),
+            repeats=3, warmup=0,
+        )
+        plan = rebalance_experts(weight, **DEMO_SHAPE, refine=refine)
+        fast_ms = median_ms(
+            lambda r=refine: rebalance_experts(weight, **DEMO_SHAPE, refine=r), repeats=repeats
+        )
+        same = all(np.array_equal(a, b) for a, b in zip(plan, ref_plan))
+        rows.append((refine, ref_ms, fast_ms, balancedness(plan[0], weight, g), same))
+    print(f"{'refine':<8}{'reference ms':>14}{'fasteplb ms':>13}{'speed-up':>10}"
+          f"{'balancedness':>14}  same plan")
+    for refine, ref_ms, fast_ms, bal, same in rows:
+        print(f"{refine:<8}{ref_ms:>14.1f}{fast_ms:>13.3f}{ref_ms / fast_ms:>9.0f}x{bal:>14.4f}"
+              f"  {'yes' if same else 'NO'}")
+    identity = np.tile(np.arange(weight.shape[1]), (weight.shape[0], 1))
+    print(f"\nwithout EPLB (expert e on GPU e // 8): balancedness "
+          f"{balancedness(identity, weight, g):.4f}")
+    return 0 if all(r[-1] for r in rows) else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="fasteplb", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fasteplb {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="plan a bundled DeepSeek-V3-shaped load, "
+                            "pure-Python reference vs fasteplb")
+    p_demo.add_argument("--repeats", type=int, default=200, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo(args.repeats)
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Public planning API: DeepSeek eplb.py signatures, native core underneath."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from . import _checks, _core
+from ._marshal import Weights
+
+
+def rebalance_experts(
+    weight: Any,
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+    *,
+    refine: str = "swap",
+    swap_rounds: int = 20,
+    num_threads: Optional[int] = None,
+) -> tuple[Any, Any, Any]:
+    """Plan replica counts and GPU placement for every MoE layer.
+
+    Hierarchical policy (groups -> nodes, replicate within each node, replicas -> GPUs) when
+    ``num_groups % num_nodes == 0``, global policy otherwise, exactly as DeepSeek's eplb.py.
+
+    Parameters:
+        weight: [layers, num_logical_experts] load per expert (torch tensor on any device, or
+            array-like; any real or integer dtype; finite and >= 0)
+        num_replicas: physical expert slots P, a multiple of ``num_gpus`` and >= experts
+        num_groups: expert groups K (the number of experts must be a multiple of it)
+        num_nodes: server nodes N (``num_gpus`` must be a multiple of it)
+        num_gpus: GPUs G; each holds ``P // G`` slots, GPU g owns slots [g*k, (g+1)*k)
+        refine: ``"swap"`` (greedy then max/min pair swaps) or ``"none"`` (pure greedy)
+        swap_rounds: most swaps per packing call with ``refine="swap"``
+        num_threads: worker threads over layers (default: hardware concurrency)
+
+    Returns:
+        phy2log: [layers, num_replicas], the logical expert held by each slot
+        log2phy: [layers, num_logical_experts, R], each expert's slots by replica rank,
+            padded with -1 (R = the largest replica count)
+        logcnt: [layers, num_logical_experts], replicas per expert
+
+    All int64; torch in -> torch out on the input's device, otherwise numpy.
+    """
+    refine, swap_rounds = _checks.options(refine, swap_rounds)
+    threads = _checks.threads(num_threads)
+    w = Weights(weight)
+    layers, experts = _checks.shape(w.array.shape)
+    sizes = _checks.plan(layers, experts, num_replicas, num_groups, num_nodes, num_gpus)
+    phy2log, log2phy, logcnt, _ = _core.rebalance_experts(
+        w.array, *sizes, refine, swap_rounds, threads
+    )
+    return w.wrap(phy2log, log2phy, logcnt)
+
+
+def balanced_packing(
+    weight: Any,
+    num_packs: int,
+    *,
+    refine: str = "swap",
+    swap_rounds: int = 20,
+    num_threads: Optional[int] = None,
+) -> tuple[Any, Any]:
+    """Pack each row's n items into ``num_packs`` packs of exactly n / num_packs items.
+
+    Parameters:
+        weight: [X, n], the weight of each item
+        num_packs: number of packs (must divide n)
+
+    Returns:
+        pack_index: [X, n], the pack of each item
+        rank_in_pack: [X, n], the item's position inside its pack
+    """
+    refine, swap_rounds = _checks.options(refine, swap_rounds)
+    threads = _checks.threads(num_threads)
+    w = Weights(weight)
+    rows, n = _checks.shape(w.array.shape)
+    num_packs = _checks.packing(rows, n, num_packs)
+    return w.wrap(*_core.balanced_packing(w.array, num_packs, refine, swap_rounds, threads))
+
+
+def replicate_experts(
+    weight: Any, num_phy: int, *, num_threads: Optional[int] = None
+) -> tuple[Any, Any, Any]:
+    """Replicate each row's experts into ``num_phy`` slots, minimising the max load per replica.
+
+    Parameters:
+        weight: [X, num_log]
+        num_phy: total replicas after replication (>= num_log)
+
+    Returns:
+        phy2log: [X, num_phy], the logical expert of each replica
+        rank: [X, num_phy], the replica's rank among its expert's replicas
+        logcnt: [X, num_log], replicas per logical expert
+    """
+    threads = _checks.threads(num_threads)
+    w = Weights(weight)
+    rows, n = _checks.shape(w.array.shape)
+    num_phy = _checks.replication(rows, n, num_phy)
+    return w.wrap(*_core.replicate_experts(w.array, num_phy, threads))

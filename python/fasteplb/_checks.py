@@ -1,0 +1,106 @@
+"""Argument validation shared by the native API and the pure-Python reference.
+
+Both raise the same exception, with the same message, for the same bad argument.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+REFINE_MODES = ("swap", "none")
+
+# Supported ranges: far above any real deployment, far below what would exhaust memory, so
+# absurd arguments fail here instead of in an allocation.
+MAX_EXPERTS = 1 << 20
+MAX_REPLICAS = 1 << 22
+MAX_ELEMENTS = 1 << 31
+
+
+def count(name: str, value: Any, minimum: int = 1) -> int:
+    """`value` as an int >= minimum, else TypeError/ValueError naming `name`."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if n < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {n}")
+    return n
+
+
+def options(refine: Any, swap_rounds: Any) -> tuple[str, int]:
+    if not isinstance(refine, str):
+        raise TypeError(f"refine must be a str, got {type(refine).__name__}")
+    if refine not in REFINE_MODES:
+        raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
+    return refine, count("swap_rounds", swap_rounds, minimum=0)
+
+
+def threads(num_threads: Any) -> int:
+    """0 means the default (hardware concurrency, capped by the row count)."""
+    return 0 if num_threads is None else count("num_threads", num_threads)
+
+
+def shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise ValueError(f"weight must be 2-D [layers, experts], got shape {tuple(shape)}")
+    rows, cols = int(shape[0]), int(shape[1])
+    if rows == 0 or cols == 0:
+        raise ValueError(f"weight must not be empty, got shape {(rows, cols)}")
+    if cols > MAX_EXPERTS:
+        raise ValueError(f"weight has {cols} experts; at most {MAX_EXPERTS} are supported")
+    return rows, cols
+
+
+def _elements(name: str, rows: int, cols: int) -> None:
+    if rows * cols > MAX_ELEMENTS:
+        raise ValueError(
+            f"{name} of {rows} x {cols} would exceed {MAX_ELEMENTS} elements; split the call"
+        )
+
+
+def plan(
+    rows: int, experts: int, num_replicas: Any, num_groups: Any, num_nodes: Any, num_gpus: Any
+) -> tuple[int, int, int, int]:
+    """Checks rebalance_experts' sizes; returns them as ints."""
+    num_replicas = count("num_replicas", num_replicas)
+    num_groups = count("num_groups", num_groups)
+    num_nodes = count("num_nodes", num_nodes)
+    num_gpus = count("num_gpus", num_gpus)
+    if num_replicas > MAX_REPLICAS:
+        raise ValueError(f"num_replicas must be <= {MAX_REPLICAS}, got {num_replicas}")
+    if num_replicas < experts:
+        raise ValueError(
+            f"num_replicas must be >= the number of experts ({experts}), got {num_replicas}"
+        )
+    if num_replicas % num_gpus:
+        raise ValueError(
+            f"num_replicas ({num_replicas}) must be divisible by num_gpus ({num_gpus})"
+        )
+    if num_gpus % num_nodes:
+        raise ValueError(f"num_gpus ({num_gpus}) must be divisible by num_nodes ({num_nodes})")
+    if experts % num_groups:
+        raise ValueError(
+            f"the number of experts ({experts}) must be divisible by num_groups ({num_groups})"
+        )
+    _elements("phy2log", rows, num_replicas)
+    return num_replicas, num_groups, num_nodes, num_gpus
+
+
+def packing(rows: int, n: int, num_packs: Any) -> int:
+    num_packs = count("num_packs", num_packs)
+    if n % num_packs:
+        raise ValueError(f"the number of items ({n}) must be divisible by num_packs ({num_packs})")
+    return num_packs
+
+
+def replication(rows: int, n: int, num_phy: Any) -> int:
+    num_phy = count("num_phy", num_phy)
+    if num_phy > MAX_REPLICAS:
+        raise ValueError(f"num_phy must be <= {MAX_REPLICAS}, got {num_phy}")
+    if num_phy < n:
+        raise ValueError(f"num_phy must be >= the number of experts ({n}), got {num_phy}")
+    _elements("phy2log", rows, num_phy)
+    return num_phy

@@ -1,0 +1,212 @@
+"""Pure-Python reference implementation: the test oracle and the benchmark baseline.
+
+Plain loops over Python lists, written for clarity, not speed. It implements exactly the
+algorithms of the native core -- DeepSeek's greedy replication and LPT packing, plus the
+seed's max/min swap refinement -- with the same tie-breaking and the same floating-point
+operations in the same order, so both give bit-identical plans. Same signatures, checks and
+error messages as the public API (without ``num_threads``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import _checks
+from ._marshal import Weights
+
+__all__ = ["balanced_packing", "rebalance_experts", "replicate_experts"]
+
+
+def _check_values(rows: list[list[float]]) -> None:
+    for i, row in enumerate(rows):
+        for j, x in enumerate(row):
+            if not x >= 0.0 or math.isinf(x):
+                raise ValueError(
+                    f"weight must be finite and non-negative; found {x:g} at [{i}, {j}]"
+                )
+
+
+def _swap_refine(w: list[float], load: list[float], members: list[list[int]], rounds: int) -> None:
+    """Up to `rounds` times: swap the item pair between the heaviest and the lightest pack whose
+    difference is closest to half their gap (0 < w_u - w_v < gap); stop when none qualifies."""
+    m = len(load)
+    for _ in range(rounds):
+        heavy = max(range(m), key=load.__getitem__)  # first of equal loads: lower index
+        light = min(range(m), key=load.__getitem__)
+        gap = load[heavy] - load[light]
+        if not gap > 0.0:
+            return
+        half = gap / 2.0
+        best = None
+        best_dist = math.inf
+        for ru, u in enumerate(members[heavy]):
+            for rv, v in enumerate(members[light]):
+                d = w[u] - w[v]
+                if 0.0 < d < gap and load[light] + d < load[heavy]:
+                    dist = abs(d - half)
+                    if dist < best_dist:
+                        best, best_dist = (ru, rv), dist
+        if best is None:
+            return
+        ru, rv = best
+        u, v = members[heavy][ru], members[light][rv]
+        d = w[u] - w[v]
+        members[heavy][ru], members[light][rv] = v, u
+        load[heavy] -= d
+        load[light] += d
+
+
+def _pack(w: list[float], num_packs: int, refine: str, rounds: int) -> tuple[list[int], list[int]]:
+    """LPT with cardinality: items by descending weight (ties: lower index), each to the
+    lightest pack that still has room (ties: lower pack). One item per pack keeps item i in
+    pack i, as DeepSeek does."""
+    n = len(w)
+    per_pack = n // num_packs
+    if per_pack == 1:
+        return list(range(n)), [0] * n
+    load = [0.0] * num_packs
+    members: list[list[int]] = [[] for _ in range(num_packs)]
+    for item in sorted(range(n), key=lambda i: (-w[i], i)):
+        pack = min(
+            (p for p in range(num_packs) if len(members[p]) < per_pack), key=load.__getitem__
+        )
+        members[pack].append(item)
+        load[pack] += w[item]
+    if refine == "swap" and num_packs > 1:
+        _swap_refine(w, load, members, rounds)
+    pack_index, rank_in_pack = [0] * n, [0] * n
+    for pack, items in enumerate(members):
+        for rank, item in enumerate(items):
+            pack_index[item], rank_in_pack[item] = pack, rank
+    return pack_index, rank_in_pack
+
+
+def _replicate(w: list[float], num_phy: int) -> tuple[list[int], list[int], list[int]]:
+    """Each extra replica goes to the expert with the largest load per replica (ties: lower
+    expert). Slots 0..n-1 hold experts 0..n-1; extra slots follow in pick order."""
+    n = len(w)
+    phy2log, rank, logcnt = list(range(n)), [0] * n, [1] * n
+    for _ in range(n, num_phy):
+        best = 0
+        for e in range(1, n):
+            if w[e] / logcnt[e] > w[best] / logcnt[best]:
+                best = e
+        phy2log.append(best)
+        rank.append(logcnt[best])
+        logcnt[best] += 1
+    return phy2log, rank, logcnt
+
+
+def _rebalance_layer(
+    w: list[float], num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
+    refine: str, rounds: int,
+) -> tuple[list[int], list[int], list[int]]:
+    num_experts = len(w)
+    group_size = num_experts // num_groups
+    groups_per_node = num_groups // num_nodes
+    experts_per_node = num_experts // num_nodes
+    slots_per_node = num_replicas // num_nodes
+    gpus_per_node = num_gpus // num_nodes
+    slots_per_gpu = num_replicas // num_gpus
+
+    # Step 1: groups -> nodes (explicit sums: sum() may compensate rounding on newer Pythons).
+    group_load = []
+    for g in range(num_groups):
+        total = 0.0
+        for x in w[g * group_size : (g + 1) * group_size]:
+            total += x
+        group_load.append(total)
+    group_pack, group_rank = _pack(group_load, num_nodes, refine, rounds)
+    log2mlog = [0] * num_experts
+    mlog2log = [0] * num_experts
+    for g in range(num_groups):
+        base = (group_pack[g] * groups_per_node + group_rank[g]) * group_size
+        for j in range(group_size):
+            log2mlog[g * group_size + j] = base + j
+            mlog2log[base + j] = g * group_size + j
+
+    # Steps 2 and 3 per node: replicate with budget P/N, pack the replicas onto its GPUs.
+    phy2log = [0] * num_replicas
+    phyrank = [0] * num_replicas
+    mlogcnt: list[int] = []
+    for node in range(num_nodes):
+        node_experts = mlog2log[node * experts_per_node : (node + 1) * experts_per_node]
+        node_load = [w[e] for e in node_experts]
+        phy2mlog, rank, cnt = _replicate(node_load, slots_per_node)
+        mlogcnt += cnt
+        phy_load = [node_load[j] / cnt[j] for j in phy2mlog]
+        gpu, rank_on_gpu = _pack(phy_load, gpus_per_node, refine, rounds)
+        for i in range(slots_per_node):
+            slot = node * slots_per_node + gpu[i] * slots_per_gpu + rank_on_gpu[i]
+            phy2log[slot] = node_experts[phy2mlog[i]]
+            phyrank[slot] = rank[i]
+    logcnt = [mlogcnt[log2mlog[e]] for e in range(num_experts)]
+    return phy2log, phyrank, logcnt
+
+
+def rebalance_experts(
+    weight: Any,
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+    *,
+    refine: str = "swap",
+    swap_rounds: int = 20,
+) -> tuple[Any, Any, Any]:
+    """Reference for :func:`fasteplb.rebalance_experts` (same arguments and results)."""
+    import numpy as np
+
+    refine, swap_rounds = _checks.options(refine, swap_rounds)
+    wt = Weights(weight)
+    layers, experts = _checks.shape(wt.array.shape)
+    num_replicas, num_groups, num_nodes, num_gpus = _checks.plan(
+        layers, experts, num_replicas, num_groups, num_nodes, num_gpus
+    )
+    rows = wt.array.tolist()
+    _check_values(rows)
+    if num_groups % num_nodes:
+        num_groups = num_nodes = 1  # global policy
+    plans = [
+        _rebalance_layer(w, num_replicas, num_groups, num_nodes, num_gpus, refine, swap_rounds)
+        for w in rows
+    ]
+    max_cnt = max(max(logcnt) for _, _, logcnt in plans)
+    log2phy = [[[-1] * max_cnt for _ in range(experts)] for _ in range(layers)]
+    for layer, (phy2log, phyrank, _) in enumerate(plans):
+        for slot, (e, r) in enumerate(zip(phy2log, phyrank)):
+            log2phy[layer][e][r] = slot
+    as_array = lambda x: np.array(x, dtype=np.int64)  # noqa: E731
+    return wt.wrap(
+        as_array([p[0] for p in plans]), as_array(log2phy), as_array([p[2] for p in plans])
+    )
+
+
+def balanced_packing(
+    weight: Any, num_packs: int, *, refine: str = "swap", swap_rounds: int = 20
+) -> tuple[Any, Any]:
+    """Reference for :func:`fasteplb.balanced_packing`."""
+    import numpy as np
+
+    refine, swap_rounds = _checks.options(refine, swap_rounds)
+    wt = Weights(weight)
+    rows, n = _checks.shape(wt.array.shape)
+    num_packs = _checks.packing(rows, n, num_packs)
+    values = wt.array.tolist()
+    _check_values(values)
+    packs = [_pack(w, num_packs, refine, swap_rounds) for w in values]
+    return wt.wrap(*(np.array(x, dtype=np.int64) for x in zip(*packs)))
+
+
+def replicate_experts(weight: Any, num_phy: int) -> tuple[Any, Any, Any]:
+    """Reference for :func:`fasteplb.replicate_experts`."""
+    import numpy as np
+
+    wt = Weights(weight)
+    rows, n = _checks.shape(wt.array.shape)
+    num_phy = _checks.replication(rows, n, num_phy)
+    values = wt.array.tolist()
+    _check_values(values)
+    plans = [_replicate(w, num_phy) for w in values]
+    return wt.wrap(*(np.array(x, dtype=np.int64) for x in zip(*plans)))
