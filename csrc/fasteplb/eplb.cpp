@@ -31,43 +31,72 @@ struct Item {
 #define FASTEPLB_SIMD_CLONES
 #endif
 
-// rank[i] = the number of items that come before item i in (load desc, index asc) order.
-// O(n^2) comparisons, but independent and branch-free, so they vectorise: for the few dozen
-// to few hundred items of one packing call this is several times faster than a comparison
-// sort, whose cost here is mispredicted branches or a serial dependency chain.
+// rank[i] = the number of keys that come before key i in (key desc, index asc) order.
+// O(n^2) comparisons, but independent and branch-free, so they vectorise (8 floats a step
+// with AVX2): for the few dozen to few hundred items of one packing call this is several
+// times faster than a comparison sort, whose cost here is mispredicted branches or a serial
+// dependency chain.
 FASTEPLB_SIMD_CLONES
-void order_ranks(const double* w, int64_t n, int64_t* rank) {
-    for (int64_t i = 0; i < n; ++i) {
-        const double x = w[i];
-        int64_t r = 0;
-        for (int64_t j = 0; j < i; ++j) r += w[j] >= x;
-        for (int64_t j = i + 1; j < n; ++j) r += w[j] > x;
+void order_ranks(const float* key, int32_t n, int32_t padded, int64_t* rank) {
+    // `key` is padded with -inf up to `padded` (a multiple of 8), which never counts, so the
+    // inner loop runs whole vectors with no scalar remainder.
+    for (int32_t i = 0; i < n; ++i) {
+        const float x = key[i];
+        int32_t r = 0;
+        for (int32_t j = 0; j < padded; ++j) r += (key[j] > x) | ((key[j] == x) & (j < i));
         rank[i] = r;
     }
 }
 
-// Above this many items the quadratic ranking loses to a merge sort.
-constexpr int64_t kRankSortMax = 384;
+// Sorts one block of items (in index order on entry) by descending load, ties to the lower
+// index: rank on float keys, then repair with exact comparisons. Rounding a double to float
+// never reverses an order, so only items with equal float keys can be out of order, and
+// they end up adjacent: the insertion pass finds them in about n steps. Scaling by a power
+// of two (exact) keeps large loads inside float range.
+void rank_sort_block(Item* items, int64_t n, Item* buffer, std::vector<float>& key,
+                     std::vector<int64_t>& rank) {
+    double top = 0.0;
+    for (int64_t i = 0; i < n; ++i) top = std::max(top, items[i].w);
+    int exponent = 0;
+    std::frexp(top, &exponent);
+    const double scale = std::ldexp(1.0, std::min(1000, 100 - exponent));
+    const int64_t padded = (n + 7) / 8 * 8;
+    key.assign(static_cast<size_t>(padded), -std::numeric_limits<float>::infinity());
+    rank.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) key[i] = static_cast<float>(items[i].w * scale);
+    order_ranks(key.data(), static_cast<int32_t>(n), static_cast<int32_t>(padded), rank.data());
+    for (int64_t i = 0; i < n; ++i) buffer[rank[i]] = items[i];
+    std::copy(buffer, buffer + n, items);
+    for (int64_t i = 1; i < n; ++i) {
+        for (int64_t j = i; j > 0; --j) {
+            const Item& a = items[j - 1];
+            const Item& b = items[j];
+            if (!(b.w > a.w || (b.w == a.w && b.idx < a.idx))) break;
+            std::swap(items[j - 1], items[j]);
+        }
+    }
+}
+
+// Up to this many items are ranked as one block; larger inputs are ranked in blocks of
+// kBlock and merged, since ranking is quadratic.
+constexpr int64_t kSingleBlock = 96;
+constexpr int64_t kBlock = 64;
 
 // Sorts items (which arrive in index order) by descending load, ties to the lower index.
-void sort_items(std::vector<Item>& items, std::vector<Item>& buffer, std::vector<double>& load,
+void sort_items(std::vector<Item>& items, std::vector<Item>& buffer, std::vector<float>& key,
                 std::vector<int64_t>& rank) {
     const int64_t n = static_cast<int64_t>(items.size());
     buffer.resize(items.size());
-    if (n <= kRankSortMax) {
-        load.resize(items.size());
-        rank.resize(items.size());
-        for (int64_t i = 0; i < n; ++i) load[i] = items[i].w;
-        order_ranks(load.data(), n, rank.data());
-        for (int64_t i = 0; i < n; ++i) buffer[rank[i]] = items[i];
-        items.swap(buffer);
-        return;
+    const int64_t block = n <= kSingleBlock ? n : kBlock;
+    for (int64_t lo = 0; lo < n; lo += block) {
+        rank_sort_block(items.data() + lo, std::min(block, n - lo), buffer.data() + lo, key, rank);
     }
-    // Stable bottom-up merge sort: items start in index order, so keeping the left item on
-    // equal loads gives the tie rule; the merge selects by index arithmetic, not a branch.
+    // Stable bottom-up merges of the sorted blocks, which hold ascending index ranges:
+    // keeping the left item on equal loads keeps the tie rule; the merge selects by index
+    // arithmetic, not a branch, to avoid mispredictions.
     Item* src = items.data();
     Item* dst = buffer.data();
-    for (int64_t width = 1; width < n; width *= 2) {
+    for (int64_t width = block; width < n; width *= 2) {
         for (int64_t lo = 0; lo < n; lo += 2 * width) {
             const int64_t mid = std::min(lo + width, n), hi = std::min(lo + 2 * width, n);
             int64_t i = lo, j = mid, k = lo;
@@ -85,16 +114,52 @@ void sort_items(std::vector<Item>& items, std::vector<Item>& buffer, std::vector
     if (src != items.data()) std::copy(src, src + n, items.data());
 }
 
+struct PackNode {
+    double key;
+    int64_t idx;
+};
+
 struct PackScratch {
     std::vector<Item> order, sort_buffer;
-    std::vector<double> sort_load, heavy_w, light_w, dist;
+    std::vector<float> sort_key;
+    std::vector<double> heavy_w, light_w, dist;
     std::vector<int64_t> sort_rank;
     std::vector<double> load;
     std::vector<int64_t> count;
     std::vector<int64_t> slot;  // [num_packs * per_pack]: item held at (pack, rank)
-    std::vector<double> key;
-    std::vector<int64_t> tree;
+    std::vector<PackNode> tree;
 };
+
+// Index of the first smallest of x[0..n), n >= 1. Four interleaved running minima (each keeps
+// its first index on ties) shorten the dependency chain; merging them by (value, index)
+// restores the first-index rule.
+int64_t first_min(const double* x, int64_t n) {
+    double v[4];
+    int64_t at[4];
+    const int64_t lanes = std::min<int64_t>(4, n);
+    for (int64_t k = 0; k < lanes; ++k) {
+        v[k] = x[k];
+        at[k] = k;
+    }
+    int64_t i = lanes;
+    for (; i + 4 <= n; i += 4) {
+        for (int64_t k = 0; k < 4; ++k) {
+            const bool less = x[i + k] < v[k];
+            v[k] = less ? x[i + k] : v[k];
+            at[k] = less ? i + k : at[k];
+        }
+    }
+    for (int64_t k = 0; i < n; ++i, ++k) {
+        const bool less = x[i] < v[k];
+        v[k] = less ? x[i] : v[k];
+        at[k] = less ? i : at[k];
+    }
+    int64_t best = 0;
+    for (int64_t k = 1; k < lanes; ++k) {
+        if (v[k] < v[best] || (v[k] == v[best] && at[k] < at[best])) best = k;
+    }
+    return at[best];
+}
 
 // The seed's refinement: take the heaviest and the lightest pack (ties: lower index) and swap
 // the pair (u from the heaviest, v from the lightest) with 0 < w_u - w_v < gap whose
@@ -134,8 +199,7 @@ void swap_refine(const double* w, int64_t m, int64_t c, int rounds, PackScratch&
                 dist[ru * c + rv] = ok ? std::fabs(d - half) : inf;
             }
         }
-        int64_t best = 0;
-        for (int64_t i = 1; i < c * c; ++i) best = dist[i] < dist[best] ? i : best;
+        const int64_t best = first_min(dist, c * c);
         if (!(dist[best] < inf)) return;
         const int64_t ru = best / c, rv = best % c;
         const int64_t u = slot[h * c + ru], v = slot[l * c + rv];
@@ -149,58 +213,74 @@ void swap_refine(const double* w, int64_t m, int64_t c, int rounds, PackScratch&
 
 // One packing problem: n items onto m packs of exactly c = n / m items. LPT with cardinality
 // (items by descending load, each to the lightest pack with room), then optional swaps.
-// c == 1 keeps item i in pack i, as DeepSeek's balanced_packing does.
-void pack_one(const double* w, int64_t n, int64_t m, const Options& opt, PackScratch& s,
-              int64_t* pack, int64_t* rank) {
+// c == 1 keeps item i in pack i, as DeepSeek's balanced_packing does. Returns the largest
+// pack load.
+double pack_one(const double* w, int64_t n, int64_t m, Refine refine, int rounds,
+                PackScratch& s, int64_t* pack, int64_t* rank) {
     const int64_t c = n / m;
     if (c == 1) {
+        double peak = 0.0;
         for (int64_t i = 0; i < n; ++i) {
             pack[i] = i;
             rank[i] = 0;
+            peak = std::max(peak, w[i]);
         }
-        return;
+        return peak;
     }
     s.order.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) s.order[i] = Item{w[i], i};
-    sort_items(s.order, s.sort_buffer, s.sort_load, s.sort_rank);
+    sort_items(s.order, s.sort_buffer, s.sort_key, s.sort_rank);
 
     s.load.assign(static_cast<size_t>(m), 0.0);
     s.count.assign(static_cast<size_t>(m), 0);
     s.slot.resize(static_cast<size_t>(n));
+    double* load = s.load.data();
+    int64_t* count = s.count.data();
+    int64_t* slot = s.slot.data();
     // Winner tree over the packs' keys (load, or +inf once full): the root names the lightest
-    // open pack, ties to the lower index, and an update costs log2(m) branch-free steps.
-    // +inf is a safe "full" mark because check_weights keeps every load far below it.
+    // open pack, ties to the lower index (left subtrees hold lower indices). Nodes carry the
+    // key itself, and an update walks up with the winner in registers, so each level costs
+    // one compare and select. +inf is a safe "full" mark: check_weights keeps loads finite.
+    const double inf = std::numeric_limits<double>::infinity();
     int64_t leaves = 1;
     while (leaves < m) leaves *= 2;
-    s.key.assign(static_cast<size_t>(leaves), std::numeric_limits<double>::infinity());
-    for (int64_t p = 0; p < m; ++p) s.key[p] = 0.0;
     s.tree.resize(static_cast<size_t>(2 * leaves));
-    const double* key = s.key.data();
-    int64_t* tree = s.tree.data();
-    auto winner = [key](int64_t a, int64_t b) {
-        const int64_t take_b = -static_cast<int64_t>(key[b] < key[a]);  // all ones or zero
-        return a ^ ((a ^ b) & take_b);
-    };
-    for (int64_t q = 0; q < leaves; ++q) tree[leaves + q] = q;
-    for (int64_t i = leaves - 1; i >= 1; --i) tree[i] = winner(tree[2 * i], tree[2 * i + 1]);
-    for (const Item& it : s.order) {
-        const int64_t p = tree[1];
-        s.slot[p * c + s.count[p]] = it.idx;
-        s.load[p] += it.w;
-        s.key[p] = ++s.count[p] < c ? s.load[p] : std::numeric_limits<double>::infinity();
-        for (int64_t i = (leaves + p) / 2; i >= 1; i /= 2) {
-            tree[i] = winner(tree[2 * i], tree[2 * i + 1]);
-        }
+    PackNode* tree = s.tree.data();
+    for (int64_t q = 0; q < leaves; ++q) tree[leaves + q] = PackNode{q < m ? 0.0 : inf, q};
+    for (int64_t i = leaves - 1; i >= 1; --i) {
+        const PackNode& l = tree[2 * i];
+        const PackNode& r = tree[2 * i + 1];
+        tree[i] = r.key < l.key ? r : l;
     }
-    if (opt.refine == Refine::Swap && m > 1) swap_refine(w, m, c, opt.swap_rounds, s);
+    int64_t p = tree[1].idx;
+    for (const Item& it : s.order) {
+        slot[p * c + count[p]] = it.idx;
+        load[p] += it.w;
+        PackNode cur{++count[p] < c ? load[p] : inf, p};
+        int64_t i = leaves + p;
+        tree[i] = cur;
+        for (; i > 1; i /= 2) {
+            const PackNode sib = tree[i ^ 1];
+            // The sibling wins on a smaller key, or on an equal key when it is the left child.
+            const bool take = (sib.key < cur.key) | ((sib.key == cur.key) & ((i & 1) != 0));
+            cur.key = take ? sib.key : cur.key;
+            cur.idx = take ? sib.idx : cur.idx;
+            tree[i / 2] = cur;
+        }
+        p = cur.idx;
+    }
+    if (refine == Refine::Swap && m > 1) swap_refine(w, m, c, rounds, s);
 
-    for (int64_t p = 0; p < m; ++p) {
+    double peak = 0.0;
+    for (int64_t q = 0; q < m; ++q) {
+        peak = std::max(peak, load[q]);
         for (int64_t r = 0; r < c; ++r) {
-            const int64_t item = s.slot[p * c + r];
-            pack[item] = p;
+            const int64_t item = slot[q * c + r];
+            pack[item] = q;
             rank[item] = r;
         }
     }
+    return peak;
 }
 
 // (load per replica, expert): `before` orders by larger load, ties to the lower expert.
@@ -216,7 +296,7 @@ struct SmallerQuotient {  // heap order: the top is the first by `before`
 };
 
 // Above this many (extra slots x candidates) steps, replication uses a heap instead of scans.
-constexpr int64_t kScanWork = 4096;
+constexpr int64_t kScanWork = 256;
 
 // DeepSeek's greedy replication (Adams' divisor method). Slots [0, n) hold experts 0..n-1;
 // extra slots follow in pick order. Only the first `extra` experts by (load desc, index asc)
@@ -232,26 +312,24 @@ void replicate_one(const double* w, int64_t n, int64_t num_phy, std::vector<Quot
     }
     const int64_t extra = num_phy - n;
     if (extra == 0) return;
-    cand.clear();
-    if (extra >= n) {
-        for (int64_t e = 0; e < n; ++e) cand.push_back(Quotient{w[e], e});
+    const int64_t m = std::min(extra, n);
+    cand.resize(static_cast<size_t>(m));
+    Quotient* c = cand.data();
+    if (m == n) {
+        for (int64_t e = 0; e < n; ++e) c[e] = Quotient{w[e], e};
     } else {
-        // Keep the `extra` first experts, sorted, by insertion; most experts are rejected by
-        // a single comparison with the last kept one.
+        // Keep the m first experts, sorted, by insertion; once the buffer is full most
+        // experts are rejected by a single comparison with the last kept one.
+        int64_t size = 0;
         for (int64_t e = 0; e < n; ++e) {
             const Quotient x{w[e], e};
-            if (static_cast<int64_t>(cand.size()) == extra) {
-                if (!before(x, cand.back())) continue;
-                cand.pop_back();
-            }
-            auto pos = cand.end();
-            while (pos != cand.begin() && before(x, *(pos - 1))) --pos;
-            cand.insert(pos, x);
+            if (size == m && !before(x, c[m - 1])) continue;
+            int64_t pos = size < m ? size++ : m - 1;
+            for (; pos > 0 && before(x, c[pos - 1]); --pos) c[pos] = c[pos - 1];
+            c[pos] = x;
         }
     }
-    const int64_t m = static_cast<int64_t>(cand.size());
     if (extra * m <= kScanWork) {
-        Quotient* c = cand.data();
         for (int64_t i = n; i < num_phy; ++i) {
             int64_t best = 0;
             for (int64_t j = 1; j < m; ++j) best = before(c[j], c[best]) ? j : best;
@@ -279,16 +357,21 @@ struct LayerScratch {
     PackScratch pack;
     std::vector<Quotient> quotients;
     std::vector<double> group_load, mlog_load, phy_load;
-    std::vector<int64_t> group_pack, group_rank, log2mlog, mlog2log, mlogcnt;
+    std::vector<int64_t> group_pack, group_rank, greedy_pack, greedy_rank;
+    std::vector<int64_t> log2mlog, mlog2log, mlogcnt;
     std::vector<int64_t> phy2mlog, phyrank, gpu_of_phy, rank_on_gpu;
+    std::vector<int64_t> alt_phy2log, alt_phyrank, alt_logcnt;
 };
 
 struct Shape {
     int64_t experts, replicas, groups, nodes, gpus;
 };
 
-void rebalance_layer(const double* w, const Shape& sh, const Options& opt, LayerScratch& s,
-                     int64_t* out_phy2log, int64_t* out_phyrank, int64_t* out_logcnt) {
+// Steps 2 and 3 for a given groups -> nodes partition: replicate inside each node with budget
+// P/N, then pack each node's replicas onto its GPUs. Returns the layer's largest GPU load.
+double place_layer(const double* w, const Shape& sh, const Options& opt, LayerScratch& s,
+                   const int64_t* group_pack, const int64_t* group_rank, int64_t* out_phy2log,
+                   int64_t* out_phyrank, int64_t* out_logcnt) {
     const int64_t E = sh.experts, P = sh.replicas;
     const int64_t group_size = E / sh.groups;
     const int64_t groups_per_node = sh.groups / sh.nodes;
@@ -297,30 +380,16 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
     const int64_t gpus_per_node = sh.gpus / sh.nodes;
     const int64_t slots_per_gpu = P / sh.gpus;
 
-    // Step 1: groups -> nodes. Explicit sequential sums keep the reference bit-identical.
-    s.group_load.resize(static_cast<size_t>(sh.groups));
-    for (int64_t g = 0; g < sh.groups; ++g) {
-        double sum = 0.0;
-        for (int64_t j = 0; j < group_size; ++j) sum += w[g * group_size + j];
-        s.group_load[g] = sum;
-    }
-    s.group_pack.resize(static_cast<size_t>(sh.groups));
-    s.group_rank.resize(static_cast<size_t>(sh.groups));
-    pack_one(s.group_load.data(), sh.groups, sh.nodes, opt, s.pack, s.group_pack.data(),
-             s.group_rank.data());
-
     // "mlog" numbers experts node-major: node n owns mlog ids [n * E/N, (n + 1) * E/N).
     s.log2mlog.resize(static_cast<size_t>(E));
     s.mlog2log.resize(static_cast<size_t>(E));
     for (int64_t g = 0; g < sh.groups; ++g) {
-        const int64_t base = (s.group_pack[g] * groups_per_node + s.group_rank[g]) * group_size;
+        const int64_t base = (group_pack[g] * groups_per_node + group_rank[g]) * group_size;
         for (int64_t j = 0; j < group_size; ++j) {
             s.log2mlog[g * group_size + j] = base + j;
             s.mlog2log[base + j] = g * group_size + j;
         }
     }
-
-    // Steps 2 and 3 per node: replicate with budget P/N, then pack replicas onto its GPUs.
     s.mlogcnt.resize(static_cast<size_t>(E));
     s.mlog_load.resize(static_cast<size_t>(experts_per_node));
     s.phy_load.resize(static_cast<size_t>(slots_per_node));
@@ -328,6 +397,7 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
     s.phyrank.resize(static_cast<size_t>(slots_per_node));
     s.gpu_of_phy.resize(static_cast<size_t>(slots_per_node));
     s.rank_on_gpu.resize(static_cast<size_t>(slots_per_node));
+    double peak = 0.0;
     for (int64_t node = 0; node < sh.nodes; ++node) {
         const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
         int64_t* mlogcnt = s.mlogcnt.data() + node * experts_per_node;
@@ -338,8 +408,10 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
             const int64_t j = s.phy2mlog[i];
             s.phy_load[i] = s.mlog_load[j] / static_cast<double>(mlogcnt[j]);
         }
-        pack_one(s.phy_load.data(), slots_per_node, gpus_per_node, opt, s.pack,
-                 s.gpu_of_phy.data(), s.rank_on_gpu.data());
+        const double node_peak =
+            pack_one(s.phy_load.data(), slots_per_node, gpus_per_node, opt.refine,
+                     opt.swap_rounds, s.pack, s.gpu_of_phy.data(), s.rank_on_gpu.data());
+        peak = std::max(peak, node_peak);
         int64_t* node_phy2log = out_phy2log + node * slots_per_node;
         int64_t* node_phyrank = out_phyrank + node * slots_per_node;
         for (int64_t i = 0; i < slots_per_node; ++i) {
@@ -349,6 +421,46 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
         }
     }
     for (int64_t e = 0; e < E; ++e) out_logcnt[e] = s.mlogcnt[s.log2mlog[e]];
+    return peak;
+}
+
+void rebalance_layer(const double* w, const Shape& sh, const Options& opt, LayerScratch& s,
+                     int64_t* out_phy2log, int64_t* out_phyrank, int64_t* out_logcnt) {
+    const int64_t group_size = sh.experts / sh.groups;
+    // Step 1: groups -> nodes. Explicit sequential sums keep the reference bit-identical.
+    s.group_load.resize(static_cast<size_t>(sh.groups));
+    for (int64_t g = 0; g < sh.groups; ++g) {
+        double sum = 0.0;
+        for (int64_t j = 0; j < group_size; ++j) sum += w[g * group_size + j];
+        s.group_load[g] = sum;
+    }
+    s.group_pack.resize(static_cast<size_t>(sh.groups));
+    s.group_rank.resize(static_cast<size_t>(sh.groups));
+    pack_one(s.group_load.data(), sh.groups, sh.nodes, opt.refine, opt.swap_rounds, s.pack,
+             s.group_pack.data(), s.group_rank.data());
+    const double peak = place_layer(w, sh, opt, s, s.group_pack.data(), s.group_rank.data(),
+                                    out_phy2log, out_phyrank, out_logcnt);
+    if (opt.refine == Refine::None || sh.nodes == 1) return;
+
+    // Evening out node loads changes what each node replicates, which can leave some GPU
+    // busier than under the greedy partition. Keep the greedy partition in that case, so
+    // that refinement never raises a layer's largest GPU load.
+    s.greedy_pack.resize(static_cast<size_t>(sh.groups));
+    s.greedy_rank.resize(static_cast<size_t>(sh.groups));
+    pack_one(s.group_load.data(), sh.groups, sh.nodes, Refine::None, 0, s.pack,
+             s.greedy_pack.data(), s.greedy_rank.data());
+    if (s.greedy_pack == s.group_pack && s.greedy_rank == s.group_rank) return;
+    s.alt_phy2log.resize(static_cast<size_t>(sh.replicas));
+    s.alt_phyrank.resize(static_cast<size_t>(sh.replicas));
+    s.alt_logcnt.resize(static_cast<size_t>(sh.experts));
+    const double greedy_peak =
+        place_layer(w, sh, opt, s, s.greedy_pack.data(), s.greedy_rank.data(),
+                    s.alt_phy2log.data(), s.alt_phyrank.data(), s.alt_logcnt.data());
+    if (greedy_peak < peak) {
+        std::copy(s.alt_phy2log.begin(), s.alt_phy2log.end(), out_phy2log);
+        std::copy(s.alt_phyrank.begin(), s.alt_phyrank.end(), out_phyrank);
+        std::copy(s.alt_logcnt.begin(), s.alt_logcnt.end(), out_logcnt);
+    }
 }
 
 void check_options(const Options& opt) {
@@ -406,8 +518,8 @@ void balanced_packing(const double* weight, int64_t rows, int64_t n, int64_t num
     parallel_rows(
         rows, opt.num_threads, [] { return PackScratch{}; },
         [&](PackScratch& s, int64_t r) {
-            pack_one(weight + r * n, n, num_packs, opt, s, pack_index + r * n,
-                     rank_in_pack + r * n);
+            pack_one(weight + r * n, n, num_packs, opt.refine, opt.swap_rounds, s,
+                     pack_index + r * n, rank_in_pack + r * n);
         });
 }
 

@@ -15,6 +15,7 @@ REFINE_MODES = ("swap", "none")
 MAX_EXPERTS = 1 << 20
 MAX_REPLICAS = 1 << 22
 MAX_ELEMENTS = 1 << 31
+INT_MAX = (1 << 31) - 1
 
 
 def count(name: str, value: Any, minimum: int = 1) -> int:
@@ -35,12 +36,14 @@ def options(refine: Any, swap_rounds: Any) -> tuple[str, int]:
         raise TypeError(f"refine must be a str, got {type(refine).__name__}")
     if refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
-    return refine, count("swap_rounds", swap_rounds, minimum=0)
+    # Every swap strictly lowers the sum of squared pack loads, so refinement stops long
+    # before 2**31 - 1 rounds: capping there (the core's int) changes no result.
+    return refine, min(count("swap_rounds", swap_rounds, minimum=0), INT_MAX)
 
 
 def threads(num_threads: Any) -> int:
-    """0 means the default (hardware concurrency, capped by the row count)."""
-    return 0 if num_threads is None else count("num_threads", num_threads)
+    """0 means the default (hardware concurrency); the core caps any value by the row count."""
+    return 0 if num_threads is None else min(count("num_threads", num_threads), INT_MAX)
 
 
 def shape(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -32,11 +33,26 @@ def _gpu_loads(phy2log: np.ndarray, weight: np.ndarray, num_gpus: int) -> np.nda
     return slot_load.reshape(layers, num_gpus, slots // num_gpus).sum(axis=2)
 
 
+def _slots(phy2log: Any) -> np.ndarray:
+    """phy2log as int64 numpy; float entries must be whole numbers."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(phy2log, torch.Tensor):
+        phy2log = phy2log.detach().cpu().numpy()
+    arr = np.asarray(phy2log)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+            raise ValueError("phy2log must hold integer expert ids")
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"phy2log must be an integer tensor, got {arr.dtype}")
+    return arr.astype(np.int64)
+
+
 def _inputs(phy2log: Any, weight: Any, num_gpus: Any) -> tuple[Weights, np.ndarray, int]:
     w = Weights(weight)
     _checks.shape(w.array.shape)
-    p = Weights(phy2log)
-    return w, p.array.astype(np.int64), _checks.count("num_gpus", num_gpus)
+    if not (np.isfinite(w.array).all() and (w.array >= 0).all()):
+        raise ValueError("weight must be finite and non-negative")
+    return w, _slots(phy2log), _checks.count("num_gpus", num_gpus)
 
 
 def gpu_loads(phy2log: Any, weight: Any, num_gpus: int) -> Any:

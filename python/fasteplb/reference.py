@@ -17,14 +17,21 @@ from ._marshal import Weights
 
 __all__ = ["balanced_packing", "rebalance_experts", "replicate_experts"]
 
+# Keeps every pack load far from overflow (the native packer relies on it).
+_MAX_ROW_TOTAL = 1e300
+
 
 def _check_values(rows: list[list[float]]) -> None:
     for i, row in enumerate(rows):
+        total = 0.0
         for j, x in enumerate(row):
             if not x >= 0.0 or math.isinf(x):
                 raise ValueError(
                     f"weight must be finite and non-negative; found {x:g} at [{i}, {j}]"
                 )
+            total += x
+        if not total <= _MAX_ROW_TOTAL:
+            raise ValueError(f"weight's row sums must be <= 1e300; row {i} sums to {total:g}")
 
 
 def _swap_refine(w: list[float], load: list[float], members: list[list[int]], rounds: int) -> None:
@@ -57,14 +64,16 @@ def _swap_refine(w: list[float], load: list[float], members: list[list[int]], ro
         load[light] += d
 
 
-def _pack(w: list[float], num_packs: int, refine: str, rounds: int) -> tuple[list[int], list[int]]:
+def _pack(
+    w: list[float], num_packs: int, refine: str, rounds: int
+) -> tuple[list[int], list[int], float]:
     """LPT with cardinality: items by descending weight (ties: lower index), each to the
     lightest pack that still has room (ties: lower pack). One item per pack keeps item i in
-    pack i, as DeepSeek does."""
+    pack i, as DeepSeek does. Returns (pack_index, rank_in_pack, largest pack load)."""
     n = len(w)
     per_pack = n // num_packs
     if per_pack == 1:
-        return list(range(n)), [0] * n
+        return list(range(n)), [0] * n, max(w)
     load = [0.0] * num_packs
     members: list[list[int]] = [[] for _ in range(num_packs)]
     for item in sorted(range(n), key=lambda i: (-w[i], i)):
@@ -79,7 +88,7 @@ def _pack(w: list[float], num_packs: int, refine: str, rounds: int) -> tuple[lis
     for pack, items in enumerate(members):
         for rank, item in enumerate(items):
             pack_index[item], rank_in_pack[item] = pack, rank
-    return pack_index, rank_in_pack
+    return pack_index, rank_in_pack, max(load)
 
 
 def _replicate(w: list[float], num_phy: int) -> tuple[list[int], list[int], list[int]]:
@@ -98,10 +107,12 @@ def _replicate(w: list[float], num_phy: int) -> tuple[list[int], list[int], list
     return phy2log, rank, logcnt
 
 
-def _rebalance_layer(
-    w: list[float], num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
-    refine: str, rounds: int,
-) -> tuple[list[int], list[int], list[int]]:
+def _place_layer(
+    w: list[float], group_pack: list[int], group_rank: list[int], num_replicas: int,
+    num_groups: int, num_nodes: int, num_gpus: int, refine: str, rounds: int,
+) -> tuple[list[int], list[int], list[int], float]:
+    """Steps 2 and 3 for a given groups -> nodes partition. Returns (phy2log, phyrank,
+    logcnt, largest GPU load)."""
     num_experts = len(w)
     group_size = num_experts // num_groups
     groups_per_node = num_groups // num_nodes
@@ -110,14 +121,7 @@ def _rebalance_layer(
     gpus_per_node = num_gpus // num_nodes
     slots_per_gpu = num_replicas // num_gpus
 
-    # Step 1: groups -> nodes (explicit sums: sum() may compensate rounding on newer Pythons).
-    group_load = []
-    for g in range(num_groups):
-        total = 0.0
-        for x in w[g * group_size : (g + 1) * group_size]:
-            total += x
-        group_load.append(total)
-    group_pack, group_rank = _pack(group_load, num_nodes, refine, rounds)
+    # "mlog" numbers experts node-major: node n owns mlog ids [n * E/N, (n + 1) * E/N).
     log2mlog = [0] * num_experts
     mlog2log = [0] * num_experts
     for g in range(num_groups):
@@ -126,23 +130,50 @@ def _rebalance_layer(
             log2mlog[g * group_size + j] = base + j
             mlog2log[base + j] = g * group_size + j
 
-    # Steps 2 and 3 per node: replicate with budget P/N, pack the replicas onto its GPUs.
     phy2log = [0] * num_replicas
     phyrank = [0] * num_replicas
     mlogcnt: list[int] = []
+    peak = 0.0
     for node in range(num_nodes):
         node_experts = mlog2log[node * experts_per_node : (node + 1) * experts_per_node]
         node_load = [w[e] for e in node_experts]
         phy2mlog, rank, cnt = _replicate(node_load, slots_per_node)
         mlogcnt += cnt
         phy_load = [node_load[j] / cnt[j] for j in phy2mlog]
-        gpu, rank_on_gpu = _pack(phy_load, gpus_per_node, refine, rounds)
+        gpu, rank_on_gpu, node_peak = _pack(phy_load, gpus_per_node, refine, rounds)
+        peak = max(peak, node_peak)
         for i in range(slots_per_node):
             slot = node * slots_per_node + gpu[i] * slots_per_gpu + rank_on_gpu[i]
             phy2log[slot] = node_experts[phy2mlog[i]]
             phyrank[slot] = rank[i]
     logcnt = [mlogcnt[log2mlog[e]] for e in range(num_experts)]
-    return phy2log, phyrank, logcnt
+    return phy2log, phyrank, logcnt, peak
+
+
+def _rebalance_layer(
+    w: list[float], num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
+    refine: str, rounds: int,
+) -> tuple[list[int], list[int], list[int], float]:
+    # Step 1: groups -> nodes (explicit sums: sum() may compensate rounding on newer Pythons).
+    group_size = len(w) // num_groups
+    group_load = []
+    for g in range(num_groups):
+        total = 0.0
+        for x in w[g * group_size : (g + 1) * group_size]:
+            total += x
+        group_load.append(total)
+    args = (num_replicas, num_groups, num_nodes, num_gpus, refine, rounds)
+    group_pack, group_rank, _ = _pack(group_load, num_nodes, refine, rounds)
+    plan = _place_layer(w, group_pack, group_rank, *args)
+    if refine == "none" or num_nodes == 1:
+        return plan
+    # Evening out node loads changes what each node replicates, which can leave some GPU
+    # busier than under the greedy partition: keep the greedy partition in that case.
+    greedy_pack, greedy_rank, _ = _pack(group_load, num_nodes, "none", 0)
+    if (greedy_pack, greedy_rank) == (group_pack, group_rank):
+        return plan
+    greedy_plan = _place_layer(w, greedy_pack, greedy_rank, *args)
+    return greedy_plan if greedy_plan[3] < plan[3] else plan
 
 
 def rebalance_experts(
@@ -172,9 +203,9 @@ def rebalance_experts(
         _rebalance_layer(w, num_replicas, num_groups, num_nodes, num_gpus, refine, swap_rounds)
         for w in rows
     ]
-    max_cnt = max(max(logcnt) for _, _, logcnt in plans)
+    max_cnt = max(max(plan[2]) for plan in plans)
     log2phy = [[[-1] * max_cnt for _ in range(experts)] for _ in range(layers)]
-    for layer, (phy2log, phyrank, _) in enumerate(plans):
+    for layer, (phy2log, phyrank, *_) in enumerate(plans):
         for slot, (e, r) in enumerate(zip(phy2log, phyrank)):
             log2phy[layer][e][r] = slot
     as_array = lambda x: np.array(x, dtype=np.int64)  # noqa: E731
@@ -195,7 +226,7 @@ def balanced_packing(
     num_packs = _checks.packing(rows, n, num_packs)
     values = wt.array.tolist()
     _check_values(values)
-    packs = [_pack(w, num_packs, refine, swap_rounds) for w in values]
+    packs = [_pack(w, num_packs, refine, swap_rounds)[:2] for w in values]
     return wt.wrap(*(np.array(x, dtype=np.int64) for x in zip(*packs)))
 
 
