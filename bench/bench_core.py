@@ -3,7 +3,7 @@
 Side by side in one process, median of repeats; seeded log-normal loads. Prints a markdown
 table (time, speed-up, balancedness) and, with --write, stores it in bench/RESULTS.md.
 
-    python bench/bench_core.py [--write] [--repeats 200]
+    python bench/bench_core.py [--write] [--rounds 7] [--inner 50]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 import fasteplb
 from fasteplb import reference
-from fasteplb._timing import machine, median_ms
+from fasteplb._timing import machine, side_by_side
 
 # name, layers, experts, (num_replicas, num_groups, num_nodes, num_gpus)
 CONFIGS = [
@@ -35,19 +35,16 @@ def lognormal_load(layers: int, experts: int, seed: int = 0) -> np.ndarray:
     return np.round(rng.lognormal(0.0, 1.0, size=(layers, experts)) * 1000.0)
 
 
-def run(repeats: int) -> list[dict]:
+def run(rounds: int, inner: int) -> list[dict]:
     rows = []
     for name, layers, experts, shape in CONFIGS:
         weight = lognormal_load(layers, experts)
         num_gpus = shape[3]
         for refine in ("none", "swap"):
-            ref_ms = median_ms(
+            ref_ms, fast_ms = side_by_side(
                 lambda: reference.rebalance_experts(weight, *shape, refine=refine),
-                repeats=3, warmup=0,
-            )
-            fast_ms = median_ms(
                 lambda: fasteplb.rebalance_experts(weight, *shape, refine=refine),
-                repeats=repeats, warmup=5,
+                rounds=rounds, inner=inner,
             )
             plan = fasteplb.rebalance_experts(weight, *shape, refine=refine)
             ref_plan = reference.rebalance_experts(weight, *shape, refine=refine)
@@ -77,15 +74,17 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=7, help="reference calls per row")
+    parser.add_argument("--inner", type=int, default=50,
+                        help="fasteplb calls after each reference call")
     parser.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     args = parser.parse_args()
-    rows = run(args.repeats)
+    rows = run(args.rounds, args.inner)
     header = (
         f"Machine: {machine()}; numpy {np.__version__}; fasteplb {fasteplb.__version__}; "
-        f"{datetime.date.today().isoformat()}. Median of {args.repeats} calls (fasteplb, "
-        "default threads) and 3 calls (reference), side by side in one process; seeded "
-        "log-normal loads (sigma 1)."
+        f"{datetime.date.today().isoformat()}. Medians, measured interleaved in one process: "
+        f"{args.rounds} rounds of one reference call then {args.inner} fasteplb calls "
+        "(default threads); seeded log-normal loads (sigma 1)."
     )
     text = f"{header}\n\n{table(rows)}\n"
     print(text)

@@ -2,10 +2,13 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "fasteplb/eplb.hpp"
 
@@ -49,29 +52,33 @@ py::tuple rebalance_experts(const Weights& weight, int64_t num_replicas, int64_t
     const fasteplb::Options opt = make_options(refine, swap_rounds, num_threads);
     const int64_t layers = weight.shape(0), experts = weight.shape(1);
     Ints phy2log = new_ints(layers, num_replicas);
-    Ints phyrank = new_ints(layers, num_replicas);
     Ints logcnt = new_ints(layers, experts);
+    std::vector<int64_t> phyrank(static_cast<size_t>(layers * num_replicas));
+    // log2phy's size is known only once planned, inside the GIL-free block, so it is
+    // allocated there in C++ and handed to numpy afterwards.
+    std::unique_ptr<int64_t[]> log2phy;
+    int64_t max_cnt = 0;
     const double* w = weight.data();
     int64_t* p2l = phy2log.mutable_data();
-    int64_t* rank = phyrank.mutable_data();
     int64_t* cnt = logcnt.mutable_data();
-    int64_t max_cnt = 0;
     {
         py::gil_scoped_release release;
-        fasteplb::rebalance_experts(w, layers, experts, num_replicas, num_groups, num_nodes,
-                                    num_gpus, opt, p2l, rank, cnt);
-        max_cnt = fasteplb::max_count(cnt, layers * experts);
+        fasteplb::rebalance_experts(
+            w, layers, experts, num_replicas, num_groups, num_nodes, num_gpus, opt, p2l,
+            phyrank.data(), cnt, [&](int64_t r) {
+                if (layers * experts > 0 && r > kMaxElements / (layers * experts)) {
+                    throw std::invalid_argument("log2phy would need more than 2**31 elements");
+                }
+                max_cnt = r;
+                log2phy.reset(new int64_t[static_cast<size_t>(std::max<int64_t>(
+                    layers * experts * r, 1))]);
+                return log2phy.get();
+            });
     }
-    if (layers * experts > 0 && max_cnt > kMaxElements / (layers * experts)) {
-        throw std::invalid_argument("log2phy would need more than 2**31 elements");
-    }
-    py::array_t<int64_t> log2phy({layers, experts, max_cnt});
-    int64_t* l2p = log2phy.mutable_data();
-    {
-        py::gil_scoped_release release;
-        fasteplb::fill_log2phy(p2l, rank, layers, experts, num_replicas, max_cnt, l2p);
-    }
-    return py::make_tuple(phy2log, log2phy, logcnt, phyrank);
+    int64_t* raw = log2phy.release();
+    py::capsule owner(raw, [](void* p) { delete[] static_cast<int64_t*>(p); });
+    py::array_t<int64_t> l2p({layers, experts, max_cnt}, raw, owner);
+    return py::make_tuple(phy2log, l2p, logcnt);
 }
 
 py::tuple balanced_packing(const Weights& weight, int64_t num_packs, const std::string& refine,
@@ -119,7 +126,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("num_gpus"), py::arg("refine") = "swap", py::arg("swap_rounds") = 20,
           py::arg("num_threads") = 0,
           "weight: float64 [layers, experts] -> (phy2log [layers, P], log2phy [layers, E, R], "
-          "logcnt [layers, E], phyrank [layers, P]), all int64");
+          "logcnt [layers, E]), all int64");
     m.def("balanced_packing", &balanced_packing, py::arg("weight").noconvert(),
           py::arg("num_packs"), py::arg("refine") = "swap", py::arg("swap_rounds") = 20,
           py::arg("num_threads") = 0,

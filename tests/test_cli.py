@@ -12,7 +12,7 @@ from fasteplb.__main__ import main
 
 
 def test_demo_runs_and_reports_identical_plans():
-    proc = subprocess.run([sys.executable, "-m", "fasteplb", "demo", "--repeats", "3"],
+    proc = subprocess.run([sys.executable, "-m", "fasteplb", "demo", "--rounds", "1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -37,7 +37,7 @@ def test_missing_command_is_a_usage_error(capsys):
 
 
 def test_demo_in_process(capsys):
-    assert main(["demo", "--repeats", "1"]) == 0
+    assert main(["demo", "--rounds", "1"]) == 0
     assert "same plan" in capsys.readouterr().out
 
 

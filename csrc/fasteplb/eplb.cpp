@@ -67,6 +67,11 @@ void rank_sort_block(Item* items, int64_t n, Item* buffer, std::vector<float>& k
     order_ranks(key.data(), static_cast<int32_t>(n), static_cast<int32_t>(padded), rank.data());
     for (int64_t i = 0; i < n; ++i) buffer[rank[i]] = items[i];
     std::copy(buffer, buffer + n, items);
+    // Equal float keys are ranked by index, so equal doubles are already in order: only a
+    // strictly heavier item after a lighter one needs repair. Check first, branch-free.
+    bool disordered = false;
+    for (int64_t i = 1; i < n; ++i) disordered |= items[i].w > items[i - 1].w;
+    if (!disordered) return;
     for (int64_t i = 1; i < n; ++i) {
         for (int64_t j = i; j > 0; --j) {
             const Item& a = items[j - 1];
@@ -122,7 +127,7 @@ struct PackNode {
 struct PackScratch {
     std::vector<Item> order, sort_buffer;
     std::vector<float> sort_key;
-    std::vector<double> heavy_w, light_w, dist;
+    std::vector<double> weight, heavy_w, light_w, dist;
     std::vector<int64_t> sort_rank;
     std::vector<double> load;
     std::vector<int64_t> count;
@@ -211,26 +216,48 @@ void swap_refine(const double* w, int64_t m, int64_t c, int rounds, PackScratch&
     }
 }
 
+// Merges two runs sorted by (load desc, index asc) into out, branch-free.
+void merge_items(const Item* a, int64_t na, const Item* b, int64_t nb, Item* out) {
+    int64_t i = 0, j = 0, k = 0;
+    while (i < na && j < nb) {
+        const int64_t right = (b[j].w > a[i].w) | ((b[j].w == a[i].w) & (b[j].idx < a[i].idx));
+        out[k++] = *(right ? b + j : a + i);
+        j += right;
+        i += 1 - right;
+    }
+    while (i < na) out[k++] = a[i++];
+    while (j < nb) out[k++] = b[j++];
+}
+
+double pack_sorted(int64_t n, int64_t m, Refine refine, int rounds, PackScratch& s,
+                   int64_t* pack, int64_t* rank);
+
 // One packing problem: n items onto m packs of exactly c = n / m items. LPT with cardinality
 // (items by descending load, each to the lightest pack with room), then optional swaps.
 // c == 1 keeps item i in pack i, as DeepSeek's balanced_packing does. Returns the largest
 // pack load.
 double pack_one(const double* w, int64_t n, int64_t m, Refine refine, int rounds,
                 PackScratch& s, int64_t* pack, int64_t* rank) {
+    s.order.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) s.order[i] = Item{w[i], i};
+    if (n / m > 1) sort_items(s.order, s.sort_buffer, s.sort_key, s.sort_rank);
+    return pack_sorted(n, m, refine, rounds, s, pack, rank);
+}
+
+// pack_one's work once s.order holds the items (load, index) sorted by (load desc, index
+// asc); c == 1 ignores the order.
+double pack_sorted(int64_t n, int64_t m, Refine refine, int rounds, PackScratch& s,
+                   int64_t* pack, int64_t* rank) {
     const int64_t c = n / m;
     if (c == 1) {
         double peak = 0.0;
-        for (int64_t i = 0; i < n; ++i) {
-            pack[i] = i;
-            rank[i] = 0;
-            peak = std::max(peak, w[i]);
+        for (const Item& it : s.order) {
+            pack[it.idx] = it.idx;
+            rank[it.idx] = 0;
+            peak = std::max(peak, it.w);
         }
         return peak;
     }
-    s.order.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) s.order[i] = Item{w[i], i};
-    sort_items(s.order, s.sort_buffer, s.sort_key, s.sort_rank);
-
     s.load.assign(static_cast<size_t>(m), 0.0);
     s.count.assign(static_cast<size_t>(m), 0);
     s.slot.resize(static_cast<size_t>(n));
@@ -269,7 +296,11 @@ double pack_one(const double* w, int64_t n, int64_t m, Refine refine, int rounds
         }
         p = cur.idx;
     }
-    if (refine == Refine::Swap && m > 1) swap_refine(w, m, c, rounds, s);
+    if (refine == Refine::Swap && m > 1) {
+        s.weight.resize(static_cast<size_t>(n));
+        for (const Item& it : s.order) s.weight[it.idx] = it.w;
+        swap_refine(s.weight.data(), m, c, rounds, s);
+    }
 
     double peak = 0.0;
     for (int64_t q = 0; q < m; ++q) {
@@ -299,12 +330,14 @@ struct SmallerQuotient {  // heap order: the top is the first by `before`
 constexpr int64_t kScanWork = 256;
 
 // DeepSeek's greedy replication (Adams' divisor method). Slots [0, n) hold experts 0..n-1;
-// extra slots follow in pick order. Only the first `extra` experts by (load desc, index asc)
-// can receive a replica: an expert picked while a heavier one still has a single replica
-// would contradict the pick rule, and with `extra` picks in all some candidate always still
-// has one replica and beats every non-candidate. So the search runs over those candidates.
-void replicate_one(const double* w, int64_t n, int64_t num_phy, std::vector<Quotient>& cand,
-                   int64_t* phy2log, int64_t* rank, int64_t* logcnt) {
+// extra slots follow in pick order. `order` lists the experts by (load desc, index asc).
+// Only the first `extra` of them can receive a replica: an expert picked while a heavier one
+// still has a single replica would contradict the pick rule, and with `extra` picks in all
+// some candidate always still has one replica and beats every non-candidate. So the search
+// runs over those candidates.
+void replicate_sorted(const double* w, int64_t n, int64_t num_phy, const Item* order,
+                      std::vector<Quotient>& cand, int64_t* phy2log, int64_t* rank,
+                      int64_t* logcnt) {
     for (int64_t e = 0; e < n; ++e) {
         phy2log[e] = e;
         rank[e] = 0;
@@ -315,20 +348,7 @@ void replicate_one(const double* w, int64_t n, int64_t num_phy, std::vector<Quot
     const int64_t m = std::min(extra, n);
     cand.resize(static_cast<size_t>(m));
     Quotient* c = cand.data();
-    if (m == n) {
-        for (int64_t e = 0; e < n; ++e) c[e] = Quotient{w[e], e};
-    } else {
-        // Keep the m first experts, sorted, by insertion; once the buffer is full most
-        // experts are rejected by a single comparison with the last kept one.
-        int64_t size = 0;
-        for (int64_t e = 0; e < n; ++e) {
-            const Quotient x{w[e], e};
-            if (size == m && !before(x, c[m - 1])) continue;
-            int64_t pos = size < m ? size++ : m - 1;
-            for (; pos > 0 && before(x, c[pos - 1]); --pos) c[pos] = c[pos - 1];
-            c[pos] = x;
-        }
-    }
+    for (int64_t i = 0; i < m; ++i) c[i] = Quotient{order[i].w, order[i].idx};
     if (extra * m <= kScanWork) {
         for (int64_t i = n; i < num_phy; ++i) {
             int64_t best = 0;
@@ -356,11 +376,19 @@ void replicate_one(const double* w, int64_t n, int64_t num_phy, std::vector<Quot
 struct LayerScratch {
     PackScratch pack;
     std::vector<Quotient> quotients;
-    std::vector<double> group_load, mlog_load, phy_load;
+    std::vector<double> group_load, mlog_load, phy_load, node_load;
     std::vector<int64_t> group_pack, group_rank, greedy_pack, greedy_rank;
     std::vector<int64_t> log2mlog, mlog2log, mlogcnt;
     std::vector<int64_t> phy2mlog, phyrank, gpu_of_phy, rank_on_gpu;
     std::vector<int64_t> alt_phy2log, alt_phyrank, alt_logcnt;
+    std::vector<Item> experts, single, multi;
+};
+
+struct ReplicateScratch {
+    std::vector<Item> experts, buffer;
+    std::vector<float> key;
+    std::vector<int64_t> rank;
+    std::vector<Quotient> quotients;
 };
 
 struct Shape {
@@ -392,6 +420,7 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
     }
     s.mlogcnt.resize(static_cast<size_t>(E));
     s.mlog_load.resize(static_cast<size_t>(experts_per_node));
+    s.experts.resize(static_cast<size_t>(experts_per_node));
     s.phy_load.resize(static_cast<size_t>(slots_per_node));
     s.phy2mlog.resize(static_cast<size_t>(slots_per_node));
     s.phyrank.resize(static_cast<size_t>(slots_per_node));
@@ -401,16 +430,34 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
     for (int64_t node = 0; node < sh.nodes; ++node) {
         const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
         int64_t* mlogcnt = s.mlogcnt.data() + node * experts_per_node;
-        for (int64_t j = 0; j < experts_per_node; ++j) s.mlog_load[j] = w[mlog2log[j]];
-        replicate_one(s.mlog_load.data(), experts_per_node, slots_per_node, s.quotients,
-                      s.phy2mlog.data(), s.phyrank.data(), mlogcnt);
+        for (int64_t j = 0; j < experts_per_node; ++j) {
+            s.mlog_load[j] = w[mlog2log[j]];
+            s.experts[j] = Item{s.mlog_load[j], j};
+        }
+        sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank);
+        replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node,
+                         s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
+                         mlogcnt);
+        // The replicas in (load desc, slot asc) order, for the packer: experts that kept a
+        // single replica stay in the order just computed (slot j holds expert j, load / 1 is
+        // exact); the replicas of replicated experts are sorted apart and merged in.
+        s.single.clear();
+        for (const Item& it : s.experts) {
+            if (mlogcnt[it.idx] == 1) s.single.push_back(it);
+        }
+        s.multi.clear();
         for (int64_t i = 0; i < slots_per_node; ++i) {
             const int64_t j = s.phy2mlog[i];
             s.phy_load[i] = s.mlog_load[j] / static_cast<double>(mlogcnt[j]);
+            if (mlogcnt[j] > 1) s.multi.push_back(Item{s.phy_load[i], i});
         }
+        sort_items(s.multi, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank);
+        s.pack.order.resize(static_cast<size_t>(slots_per_node));
+        merge_items(s.single.data(), static_cast<int64_t>(s.single.size()), s.multi.data(),
+                    static_cast<int64_t>(s.multi.size()), s.pack.order.data());
         const double node_peak =
-            pack_one(s.phy_load.data(), slots_per_node, gpus_per_node, opt.refine,
-                     opt.swap_rounds, s.pack, s.gpu_of_phy.data(), s.rank_on_gpu.data());
+            pack_sorted(slots_per_node, gpus_per_node, opt.refine, opt.swap_rounds, s.pack,
+                        s.gpu_of_phy.data(), s.rank_on_gpu.data());
         peak = std::max(peak, node_peak);
         int64_t* node_phy2log = out_phy2log + node * slots_per_node;
         int64_t* node_phyrank = out_phyrank + node * slots_per_node;
@@ -450,6 +497,14 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
     pack_one(s.group_load.data(), sh.groups, sh.nodes, Refine::None, 0, s.pack,
              s.greedy_pack.data(), s.greedy_rank.data());
     if (s.greedy_pack == s.group_pack && s.greedy_rank == s.group_rank) return;
+    // No GPU can carry less than its node's mean, so when the greedy split's busiest node
+    // already averages at least `peak`, that split cannot win: skip planning it. The margin
+    // covers rounding in the sums (relative error below n * 2^-53 for n < 2^20 terms).
+    const int64_t gpus_per_node = sh.gpus / sh.nodes;
+    s.node_load.assign(static_cast<size_t>(sh.nodes), 0.0);
+    for (int64_t g = 0; g < sh.groups; ++g) s.node_load[s.greedy_pack[g]] += s.group_load[g];
+    const double busiest = *std::max_element(s.node_load.begin(), s.node_load.end());
+    if (peak <= busiest / static_cast<double>(gpus_per_node) * (1.0 - 1e-9)) return;
     s.alt_phy2log.resize(static_cast<size_t>(sh.replicas));
     s.alt_phyrank.resize(static_cast<size_t>(sh.replicas));
     s.alt_logcnt.resize(static_cast<size_t>(sh.experts));
@@ -530,17 +585,21 @@ void replicate_experts(const double* weight, int64_t rows, int64_t num_log, int6
     require(num_phy >= num_log, "num_phy must be >= the number of experts");
     check_weights(weight, rows, num_log, "weight");
     parallel_rows(
-        rows, opt.num_threads, [] { return std::vector<Quotient>{}; },
-        [&](std::vector<Quotient>& heap, int64_t r) {
-            replicate_one(weight + r * num_log, num_log, num_phy, heap, phy2log + r * num_phy,
-                          rank + r * num_phy, logcnt + r * num_log);
+        rows, opt.num_threads, [] { return ReplicateScratch{}; },
+        [&](ReplicateScratch& s, int64_t r) {
+            const double* w = weight + r * num_log;
+            s.experts.resize(static_cast<size_t>(num_log));
+            for (int64_t e = 0; e < num_log; ++e) s.experts[e] = Item{w[e], e};
+            sort_items(s.experts, s.buffer, s.key, s.rank);
+            replicate_sorted(w, num_log, num_phy, s.experts.data(), s.quotients,
+                             phy2log + r * num_phy, rank + r * num_phy, logcnt + r * num_log);
         });
 }
 
 void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
                        int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
                        int64_t num_gpus, const Options& opt, int64_t* phy2log, int64_t* phyrank,
-                       int64_t* logcnt) {
+                       int64_t* logcnt, const Log2PhyAlloc& alloc) {
     check_options(opt);
     require(layers >= 0 && experts >= 1, "weight must have at least one expert per layer");
     require(num_replicas >= 1 && num_groups >= 1 && num_nodes >= 1 && num_gpus >= 1,
@@ -552,33 +611,32 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
     check_weights(weight, layers, experts, "weight");
     Shape sh{experts, num_replicas, num_groups, num_nodes, num_gpus};
     if (num_groups % num_nodes != 0) sh.groups = sh.nodes = 1;  // global policy
-    parallel_rows(
-        layers, opt.num_threads, [] { return LayerScratch{}; },
-        [&](LayerScratch& s, int64_t l) {
-            rebalance_layer(weight + l * experts, sh, opt, s, phy2log + l * num_replicas,
-                            phyrank + l * num_replicas, logcnt + l * experts);
-        });
-}
-
-int64_t max_count(const int64_t* logcnt, int64_t n) {
-    int64_t best = 0;
-    for (int64_t i = 0; i < n; ++i) best = std::max(best, logcnt[i]);
-    return best;
-}
-
-void fill_log2phy(const int64_t* phy2log, const int64_t* phyrank, int64_t layers,
-                  int64_t experts, int64_t num_replicas, int64_t max_cnt, int64_t* log2phy) {
-    std::fill(log2phy, log2phy + layers * experts * max_cnt, int64_t{-1});
-    for (int64_t l = 0; l < layers; ++l) {
-        int64_t* out = log2phy + l * experts * max_cnt;
-        for (int64_t p = 0; p < num_replicas; ++p) {
-            const int64_t e = phy2log[l * num_replicas + p];
-            const int64_t r = phyrank[l * num_replicas + p];
-            require(e >= 0 && e < experts && r >= 0 && r < max_cnt,
-                    "internal error: replica out of range while building log2phy");
-            out[e * max_cnt + r] = p;
-        }
+    auto plan = [&](LayerScratch& s, int64_t l) {
+        rebalance_layer(weight + l * experts, sh, opt, s, phy2log + l * num_replicas,
+                        phyrank + l * num_replicas, logcnt + l * experts);
+    };
+    if (!alloc) {
+        parallel_rows(layers, opt.num_threads, [] { return LayerScratch{}; }, plan);
+        return;
     }
+    // log2phy's last dimension is the largest count over all layers, so it is allocated
+    // between the planning pass and the filling pass, on the same threads.
+    int64_t* log2phy = nullptr;
+    int64_t max_cnt = 0;
+    parallel_two_pass(
+        layers, opt.num_threads, [] { return LayerScratch{}; }, plan,
+        [&] {
+            max_cnt = layers > 0 ? *std::max_element(logcnt, logcnt + layers * experts) : 0;
+            log2phy = alloc(max_cnt);
+        },
+        [&](LayerScratch&, int64_t l) {
+            int64_t* out = log2phy + l * experts * max_cnt;
+            std::fill(out, out + experts * max_cnt, int64_t{-1});
+            for (int64_t p = 0; p < num_replicas; ++p) {
+                const int64_t e = phy2log[l * num_replicas + p];
+                out[e * max_cnt + phyrank[l * num_replicas + p]] = p;
+            }
+        });
 }
 
 }  // namespace fasteplb

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace fasteplb {
@@ -38,21 +39,18 @@ void balanced_packing(const double* weight, int64_t rows, int64_t n, int64_t num
 void replicate_experts(const double* weight, int64_t rows, int64_t num_log, int64_t num_phy,
                        const Options& opt, int64_t* phy2log, int64_t* rank, int64_t* logcnt);
 
+// Called once, after every layer is planned, with the largest replica count R; returns the
+// buffer for log2phy [layers, experts, R], which rebalance_experts then fills.
+using Log2PhyAlloc = std::function<int64_t*(int64_t max_cnt)>;
+
 // Full plan: hierarchical (groups -> nodes, replicate within node, replicas -> GPUs) when
 // num_groups % num_nodes == 0, else global (one group, one node), as DeepSeek's eplb.py.
 //   weight: [layers, experts]; phy2log, phyrank: [layers, num_replicas];
-//   logcnt: [layers, experts] (outputs)
+//   logcnt: [layers, experts] (outputs); log2phy via `alloc` when it is set: each expert's
+//   slots by replica rank, -1 past its count.
 void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
                        int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
                        int64_t num_gpus, const Options& opt, int64_t* phy2log, int64_t* phyrank,
-                       int64_t* logcnt);
-
-// Largest entry of logcnt[n] (0 when n == 0).
-int64_t max_count(const int64_t* logcnt, int64_t n);
-
-// log2phy[l, e, r] = the slot holding replica r of expert e in layer l, -1 past logcnt.
-//   phy2log, phyrank: [layers, num_replicas]; log2phy: [layers, experts, max_cnt] (output)
-void fill_log2phy(const int64_t* phy2log, const int64_t* phyrank, int64_t layers,
-                  int64_t experts, int64_t num_replicas, int64_t max_cnt, int64_t* log2phy);
+                       int64_t* logcnt, const Log2PhyAlloc& alloc = nullptr);
 
 }  // namespace fasteplb

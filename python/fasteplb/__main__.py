@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__, balancedness, rebalance_experts, reference
-from ._timing import machine, median_ms
+from ._timing import machine, side_by_side
 
 # DeepSeek-V3 prefill deployment: 256 routed experts in 8 groups, 32 redundant slots,
 # 4 nodes x 8 GPUs (EP32, 9 slots per GPU).
@@ -24,7 +24,7 @@ def demo_load() -> np.ndarray:
         return np.load(p).astype(np.int64)
 
 
-def demo(repeats: int) -> int:
+def demo(rounds: int) -> int:
     weight = demo_load()
     g = DEMO_SHAPE["num_gpus"]
     print(f"fasteplb {__version__} demo on {machine()}")
@@ -36,13 +36,11 @@ def demo(repeats: int) -> int:
     rows = []
     for refine in ("none", "swap"):
         ref_plan = reference.rebalance_experts(weight, **DEMO_SHAPE, refine=refine)
-        ref_ms = median_ms(
-            lambda r=refine: reference.rebalance_experts(weight, **DEMO_SHAPE, refine=r),
-            repeats=3, warmup=0,
-        )
         plan = rebalance_experts(weight, **DEMO_SHAPE, refine=refine)
-        fast_ms = median_ms(
-            lambda r=refine: rebalance_experts(weight, **DEMO_SHAPE, refine=r), repeats=repeats
+        ref_ms, fast_ms = side_by_side(
+            lambda r=refine: reference.rebalance_experts(weight, **DEMO_SHAPE, refine=r),
+            lambda r=refine: rebalance_experts(weight, **DEMO_SHAPE, refine=r),
+            rounds=rounds, inner=50,
         )
         same = all(np.array_equal(a, b) for a, b in zip(plan, ref_plan))
         rows.append((refine, ref_ms, fast_ms, balancedness(plan[0], weight, g), same))
@@ -63,10 +61,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="plan a bundled DeepSeek-V3-shaped load, "
                             "pure-Python reference vs fasteplb")
-    p_demo.add_argument("--repeats", type=int, default=200, help=argparse.SUPPRESS)
+    p_demo.add_argument("--rounds", type=int, default=5,
+                        help="reference calls per mode (each followed by 50 fasteplb calls)")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        return demo(args.repeats)
+        return demo(args.rounds)
     return 2  # pragma: no cover
 
 

@@ -48,10 +48,7 @@ def rebalance_experts(
     w = Weights(weight)
     layers, experts = _checks.shape(w.array.shape)
     sizes = _checks.plan(layers, experts, num_replicas, num_groups, num_nodes, num_gpus)
-    phy2log, log2phy, logcnt, _ = _core.rebalance_experts(
-        w.array, *sizes, refine, swap_rounds, threads
-    )
-    return w.wrap(phy2log, log2phy, logcnt)
+    return w.wrap(*_core.rebalance_experts(w.array, *sizes, refine, swap_rounds, threads))
 
 
 def balanced_packing(

@@ -15,7 +15,7 @@ def rebalance_experts(
     refine: str = "swap",
     swap_rounds: int = 20,
     num_threads: int = 0,
-) -> tuple[_I64, _I64, _I64, _I64]: ...
+) -> tuple[_I64, _I64, _I64]: ...
 def balanced_packing(
     weight: _F64,
     num_packs: int,

@@ -8,16 +8,25 @@ import time
 from typing import Any, Callable
 
 
-def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of `fn()` in milliseconds over `repeats` calls, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
+def side_by_side(
+    baseline: Callable[[], Any], candidate: Callable[[], Any], rounds: int = 5, inner: int = 50
+) -> tuple[float, float]:
+    """Median milliseconds of `baseline` and `candidate`, measured interleaved.
+
+    Each round times one baseline call, then `inner` candidate calls, so that both see the
+    same machine state (frequency, neighbours) and their ratio is robust.
+    """
+    candidate()
+    slow, fast = [], []
+    for _ in range(rounds):
         start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
+        baseline()
+        slow.append(time.perf_counter() - start)
+        for _ in range(inner):
+            start = time.perf_counter()
+            candidate()
+            fast.append(time.perf_counter() - start)
+    return statistics.median(slow) * 1e3, statistics.median(fast) * 1e3
 
 
 def machine() -> str:
