@@ -31,20 +31,18 @@ struct Item {
 #define FASTEPLB_SIMD_CLONES
 #endif
 
-// rank[i] = the number of keys that come before key i in (key desc, index asc) order.
-// O(n^2) comparisons, but independent and branch-free, so they vectorise (8 floats a step
-// with AVX2): for the few dozen to few hundred items of one packing call this is several
-// times faster than a comparison sort, whose cost here is mispredicted branches or a serial
-// dependency chain.
+// above[i] = the number of keys strictly greater than key i. O(n^2) comparisons, but
+// independent and branch-free, so they vectorise (8 floats a step with AVX2): for the few
+// dozen items of one block this is several times faster than a comparison sort, whose cost
+// here is mispredicted branches or a serial dependency chain. `key` is padded with -inf up
+// to `padded` (a multiple of 8), which never counts, so no scalar remainder loop runs.
 FASTEPLB_SIMD_CLONES
-void order_ranks(const float* key, int32_t n, int32_t padded, int64_t* rank) {
-    // `key` is padded with -inf up to `padded` (a multiple of 8), which never counts, so the
-    // inner loop runs whole vectors with no scalar remainder.
+void count_above(const float* key, int32_t n, int32_t padded, int32_t* above) {
     for (int32_t i = 0; i < n; ++i) {
         const float x = key[i];
         int32_t r = 0;
-        for (int32_t j = 0; j < padded; ++j) r += (key[j] > x) | ((key[j] == x) & (j < i));
-        rank[i] = r;
+        for (int32_t j = 0; j < padded; ++j) r += key[j] > x;
+        above[i] = r;
     }
 }
 
@@ -54,7 +52,7 @@ void order_ranks(const float* key, int32_t n, int32_t padded, int64_t* rank) {
 // they end up adjacent: the insertion pass finds them in about n steps. Scaling by a power
 // of two (exact) keeps large loads inside float range.
 void rank_sort_block(Item* items, int64_t n, Item* buffer, std::vector<float>& key,
-                     std::vector<int64_t>& rank) {
+                     std::vector<int32_t>& rank, std::vector<int32_t>& seen) {
     double top = 0.0;
     for (int64_t i = 0; i < n; ++i) top = std::max(top, items[i].w);
     int exponent = 0;
@@ -64,8 +62,11 @@ void rank_sort_block(Item* items, int64_t n, Item* buffer, std::vector<float>& k
     key.assign(static_cast<size_t>(padded), -std::numeric_limits<float>::infinity());
     rank.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) key[i] = static_cast<float>(items[i].w * scale);
-    order_ranks(key.data(), static_cast<int32_t>(n), static_cast<int32_t>(padded), rank.data());
-    for (int64_t i = 0; i < n; ++i) buffer[rank[i]] = items[i];
+    count_above(key.data(), static_cast<int32_t>(n), static_cast<int32_t>(padded), rank.data());
+    // Items with equal keys share a count; visiting items in index order and giving each the
+    // next free position after its count places them by ascending index.
+    seen.assign(static_cast<size_t>(n), 0);
+    for (int64_t i = 0; i < n; ++i) buffer[rank[i] + seen[rank[i]]++] = items[i];
     std::copy(buffer, buffer + n, items);
     // Equal float keys are ranked by index, so equal doubles are already in order: only a
     // strictly heavier item after a lighter one needs repair. Check first, branch-free.
@@ -89,12 +90,13 @@ constexpr int64_t kBlock = 64;
 
 // Sorts items (which arrive in index order) by descending load, ties to the lower index.
 void sort_items(std::vector<Item>& items, std::vector<Item>& buffer, std::vector<float>& key,
-                std::vector<int64_t>& rank) {
+                std::vector<int32_t>& rank, std::vector<int32_t>& seen) {
     const int64_t n = static_cast<int64_t>(items.size());
     buffer.resize(items.size());
     const int64_t block = n <= kSingleBlock ? n : kBlock;
     for (int64_t lo = 0; lo < n; lo += block) {
-        rank_sort_block(items.data() + lo, std::min(block, n - lo), buffer.data() + lo, key, rank);
+        rank_sort_block(items.data() + lo, std::min(block, n - lo), buffer.data() + lo, key, rank,
+                        seen);
     }
     // Stable bottom-up merges of the sorted blocks, which hold ascending index ranges:
     // keeping the left item on equal loads keeps the tie rule; the merge selects by index
@@ -128,7 +130,7 @@ struct PackScratch {
     std::vector<Item> order, sort_buffer;
     std::vector<float> sort_key;
     std::vector<double> weight, heavy_w, light_w, dist;
-    std::vector<int64_t> sort_rank;
+    std::vector<int32_t> sort_rank, sort_seen;
     std::vector<double> load;
     std::vector<int64_t> count;
     std::vector<int64_t> slot;  // [num_packs * per_pack]: item held at (pack, rank)
@@ -240,7 +242,7 @@ double pack_one(const double* w, int64_t n, int64_t m, Refine refine, int rounds
                 PackScratch& s, int64_t* pack, int64_t* rank) {
     s.order.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) s.order[i] = Item{w[i], i};
-    if (n / m > 1) sort_items(s.order, s.sort_buffer, s.sort_key, s.sort_rank);
+    if (n / m > 1) sort_items(s.order, s.sort_buffer, s.sort_key, s.sort_rank, s.sort_seen);
     return pack_sorted(n, m, refine, rounds, s, pack, rank);
 }
 
@@ -387,7 +389,7 @@ struct LayerScratch {
 struct ReplicateScratch {
     std::vector<Item> experts, buffer;
     std::vector<float> key;
-    std::vector<int64_t> rank;
+    std::vector<int32_t> rank, seen;
     std::vector<Quotient> quotients;
 };
 
@@ -434,7 +436,8 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
             s.mlog_load[j] = w[mlog2log[j]];
             s.experts[j] = Item{s.mlog_load[j], j};
         }
-        sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank);
+        sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
+                   s.pack.sort_seen);
         replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node,
                          s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
                          mlogcnt);
@@ -451,7 +454,8 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
             s.phy_load[i] = s.mlog_load[j] / static_cast<double>(mlogcnt[j]);
             if (mlogcnt[j] > 1) s.multi.push_back(Item{s.phy_load[i], i});
         }
-        sort_items(s.multi, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank);
+        sort_items(s.multi, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
+                   s.pack.sort_seen);
         s.pack.order.resize(static_cast<size_t>(slots_per_node));
         merge_items(s.single.data(), static_cast<int64_t>(s.single.size()), s.multi.data(),
                     static_cast<int64_t>(s.multi.size()), s.pack.order.data());
@@ -590,7 +594,7 @@ void replicate_experts(const double* weight, int64_t rows, int64_t num_log, int6
             const double* w = weight + r * num_log;
             s.experts.resize(static_cast<size_t>(num_log));
             for (int64_t e = 0; e < num_log; ++e) s.experts[e] = Item{w[e], e};
-            sort_items(s.experts, s.buffer, s.key, s.rank);
+            sort_items(s.experts, s.buffer, s.key, s.rank, s.seen);
             replicate_sorted(w, num_log, num_phy, s.experts.data(), s.quotients,
                              phy2log + r * num_phy, rank + r * num_phy, logcnt + r * num_log);
         });
