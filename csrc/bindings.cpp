@@ -123,12 +123,12 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "fasteplb native core (private; use the fasteplb package API)";
     m.def("rebalance_experts", &rebalance_experts, py::arg("weight").noconvert(),
           py::arg("num_replicas"), py::arg("num_groups"), py::arg("num_nodes"),
-          py::arg("num_gpus"), py::arg("refine") = "swap", py::arg("swap_rounds") = 20,
+          py::arg("num_gpus"), py::arg("refine") = "local", py::arg("swap_rounds") = 20,
           py::arg("num_threads") = 0,
           "weight: float64 [layers, experts] -> (phy2log [layers, P], log2phy [layers, E, R], "
           "logcnt [layers, E]), all int64");
     m.def("balanced_packing", &balanced_packing, py::arg("weight").noconvert(),
-          py::arg("num_packs"), py::arg("refine") = "swap", py::arg("swap_rounds") = 20,
+          py::arg("num_packs"), py::arg("refine") = "local", py::arg("swap_rounds") = 20,
           py::arg("num_threads") = 0,
           "weight: float64 [rows, n] -> (pack_index [rows, n], rank_in_pack [rows, n]), int64");
     m.def("replicate_experts", &replicate_experts, py::arg("weight").noconvert(),

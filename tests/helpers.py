@@ -238,5 +238,17 @@ def pack_loads(weight: Any, pack_index: Any, num_packs: int) -> np.ndarray:
 
 
 def both(name: str) -> tuple[Any, Any]:
-    """The native and the reference implementation of the public function `name`."""
-    return getattr(fasteplb, name), getattr(reference, name)
+    """The native and the reference implementation of the public function `name`.
+
+    The native default refine mode ("local") has no reference, so the native function is
+    wrapped to default to the reference's default ("swap") for comparisons.
+    """
+    native = getattr(fasteplb, name)
+    if name == "replicate_experts":
+        return native, getattr(reference, name)
+
+    def swap_by_default(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("refine", "swap")
+        return native(*args, **kwargs)
+
+    return swap_by_default, getattr(reference, name)

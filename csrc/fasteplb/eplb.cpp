@@ -135,6 +135,15 @@ struct PackScratch {
     std::vector<int64_t> count;
     std::vector<int64_t> slot;  // [num_packs * per_pack]: item held at (pack, rank)
     std::vector<PackNode> tree;
+    // Anti-colocation: label[item] names the expert an item replicates, or -1 when it may
+    // share a pack with anything. Empty: no labels.
+    std::vector<int64_t> label;
+    std::vector<int64_t> by_weight;  // [num_packs * per_pack]: items by (weight, index) asc
+    std::vector<int64_t> visit;
+    // refine="local" with labels keeps the label-respecting plan when its maximum is at most
+    // max(limit, the plain greedy's maximum), and reports that greedy maximum.
+    double limit = 0.0;
+    double greedy_peak = 0.0;
 };
 
 // Index of the first smallest of x[0..n), n >= 1. Four interleaved running minima (each keeps
@@ -231,6 +240,201 @@ void merge_items(const Item* a, int64_t na, const Item* b, int64_t nb, Item* out
     while (j < nb) out[k++] = b[j++];
 }
 
+// Relative distance to the lower bound at which local search stops.
+constexpr double kBoundTolerance = 1e-9;
+
+// LPT places a replica next to another replica of its expert only when every open pack
+// already holds one. Repairs that where possible: swap the extra copy u (pack p) with an item v
+// of another pack q such that neither pack then holds two replicas of one expert, choosing
+// the swap with the smallest resulting pair maximum (ties: lower q, then lower rank), and
+// only if that maximum stays within `limit`.
+void separate_replicas(const double* w, int64_t m, int64_t c, PackScratch& s, double limit) {
+    double* load = s.load.data();
+    int64_t* slot = s.slot.data();
+    const int64_t* label = s.label.data();
+    auto count_in = [&](int64_t q, int64_t e, int64_t except) {
+        int64_t k = 0;
+        for (int64_t r = 0; r < c; ++r) {
+            const int64_t item = slot[q * c + r];
+            k += item != except && label[item] == e;
+        }
+        return k;
+    };
+    for (int64_t p = 0; p < m; ++p) {
+        for (int64_t ru = 0; ru < c; ++ru) {
+            const int64_t u = slot[p * c + ru];
+            if (label[u] < 0 || count_in(p, label[u], u) == 0) continue;
+            double best = std::numeric_limits<double>::infinity();
+            int64_t best_q = -1, best_rv = -1;
+            for (int64_t q = 0; q < m; ++q) {
+                if (q == p || count_in(q, label[u], -1) > 0) continue;
+                for (int64_t rv = 0; rv < c; ++rv) {
+                    const int64_t v = slot[q * c + rv];
+                    if (label[v] >= 0 && count_in(p, label[v], u) > 0) continue;
+                    const double d = w[u] - w[v];
+                    const double pair = std::max(load[p] - d, load[q] + d);
+                    if (pair < best) {
+                        best = pair;
+                        best_q = q;
+                        best_rv = rv;
+                    }
+                }
+            }
+            if (best_q < 0 || !(best <= limit)) continue;
+            const int64_t v = slot[best_q * c + best_rv];
+            const double d = w[u] - w[v];
+            slot[p * c + ru] = v;
+            slot[best_q * c + best_rv] = u;
+            load[p] -= d;
+            load[best_q] += d;
+        }
+    }
+}
+
+// The refinement of refine="local": repeatedly take the heaviest pack h and look, over every
+// other pack q, for the 1-for-1 swap (u in h, v in q, 0 < w_u - w_v < L_h - L_q) whose new
+// pair maximum max(L_h - d, L_q + d) is smallest, i.e. d closest to half the gap. Packs are
+// visited in ascending load and the scan stops once (L_h + L_q) / 2, the best any swap with q
+// could reach, is no better than the best found. Each pack keeps its items sorted by weight,
+// so the partner of u is found by binary search around w_u - gap / 2. Swaps never put a
+// second replica of a labelled expert into a pack. Stops when no swap lowers L_h, when the
+// maximum is within kBoundTolerance of the fixed-item lower bound, or after an iteration cap.
+// Each swap leaves both packs strictly below the old L_h, so the maximum never rises.
+void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
+    double* load = s.load.data();
+    int64_t* slot = s.slot.data();
+    const int64_t* label = s.label.empty() ? nullptr : s.label.data();
+    const int64_t n = m * c;
+    if (label != nullptr) {
+        separate_replicas(w, m, c, s, std::numeric_limits<double>::infinity());
+    }
+    // Per-pack item lists sorted by (weight, index).
+    s.by_weight.assign(slot, slot + n);
+    int64_t* sorted = s.by_weight.data();
+    auto lighter = [w](int64_t a, int64_t b) { return w[a] < w[b] || (w[a] == w[b] && a < b); };
+    for (int64_t q = 0; q < m; ++q) std::sort(sorted + q * c, sorted + (q + 1) * c, lighter);
+
+    // Fixed-item lower bound: the mean, and the heaviest item with the c - 1 lightest.
+    double total = 0.0, heaviest = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        total += w[slot[i]];
+        heaviest = std::max(heaviest, w[slot[i]]);
+    }
+    std::vector<double>& all = s.dist;
+    all.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) all[i] = w[slot[i]];
+    std::nth_element(all.begin(), all.begin() + (c - 1), all.end());
+    double smallest = 0.0;
+    for (int64_t i = 0; i < c - 1; ++i) smallest += all[i];
+    const double bound = std::max(total / static_cast<double>(m), heaviest + smallest);
+
+    auto holds_other = [&](int64_t q, int64_t e, int64_t except) {
+        if (e < 0) return false;
+        for (int64_t r = 0; r < c; ++r) {
+            const int64_t item = slot[q * c + r];
+            if (item != except && label[item] == e) return true;
+        }
+        return false;
+    };
+    // Replaces `out` by `in` in pack q's sorted list, keeping it sorted.
+    auto resort = [&](int64_t q, int64_t out, int64_t in) {
+        int64_t* a = sorted + q * c;
+        int64_t i = 0;
+        while (a[i] != out) ++i;
+        a[i] = in;
+        while (i > 0 && lighter(a[i], a[i - 1])) {
+            std::swap(a[i], a[i - 1]);
+            --i;
+        }
+        while (i + 1 < c && lighter(a[i + 1], a[i])) {
+            std::swap(a[i], a[i + 1]);
+            ++i;
+        }
+    };
+    // Packs by ascending (load, index), kept sorted across iterations: a swap changes two
+    // loads, which move by insertion.
+    s.visit.resize(static_cast<size_t>(m));
+    int64_t* visit = s.visit.data();
+    for (int64_t q = 0; q < m; ++q) visit[q] = q;
+    auto before_pack = [load](int64_t a, int64_t b) {
+        return load[a] < load[b] || (load[a] == load[b] && a < b);
+    };
+    std::sort(visit, visit + m, before_pack);
+    auto reposition = [&](int64_t pack) {
+        int64_t i = 0;
+        while (visit[i] != pack) ++i;
+        while (i > 0 && before_pack(visit[i], visit[i - 1])) {
+            std::swap(visit[i], visit[i - 1]);
+            --i;
+        }
+        while (i + 1 < m && before_pack(visit[i + 1], visit[i])) {
+            std::swap(visit[i], visit[i + 1]);
+            ++i;
+        }
+    };
+    const int64_t cap = std::max<int64_t>(32, 4 * m);
+    for (int64_t iter = 0; iter < cap; ++iter) {
+        const int64_t h = visit[m - 1];  // the heaviest pack (ties: the higher index)
+        if (load[h] <= bound * (1.0 + kBoundTolerance)) return;
+        double best = load[h];  // the pair maximum to beat
+        int64_t best_u = -1, best_v = -1, best_q = -1;
+        for (int64_t k = 0; k < m; ++k) {
+            const int64_t q = visit[k];
+            if (q == h) continue;
+            if (!((load[h] + load[q]) / 2.0 < best)) break;
+            const double gap = load[h] - load[q];
+            if (!(gap > 0.0)) break;
+            const int64_t* qs = sorted + q * c;
+            for (int64_t ru = 0; ru < c; ++ru) {
+                const int64_t u = slot[h * c + ru];
+                const double target = w[u] - gap / 2.0;
+                // First item of q at or above the target, then outwards on both sides.
+                int64_t lo = 0, hi = c;
+                while (lo < hi) {
+                    const int64_t mid = (lo + hi) / 2;
+                    if (w[qs[mid]] < target) {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                for (int side = 0; side < 2; ++side) {
+                    for (int64_t j = side == 0 ? lo - 1 : lo; j >= 0 && j < c;
+                         j += side == 0 ? -1 : 1) {
+                        const int64_t v = qs[j];
+                        const double d = w[u] - w[v];
+                        const double pair = std::max(load[h] - d, load[q] + d);
+                        if (!(pair < best)) break;  // only gets worse further out
+                        if (!(d > 0.0 && d < gap)) continue;
+                        if (label != nullptr && (holds_other(q, label[u], v) ||
+                                                 holds_other(h, label[v], u))) {
+                            continue;
+                        }
+                        best = pair;
+                        best_u = u;
+                        best_v = v;
+                        best_q = q;
+                        break;
+                    }
+                }
+            }
+        }
+        if (best_u < 0) return;
+        const int64_t q = best_q;
+        const double d = w[best_u] - w[best_v];
+        for (int64_t r = 0; r < c; ++r) {
+            if (slot[h * c + r] == best_u) slot[h * c + r] = best_v;
+            if (slot[q * c + r] == best_v) slot[q * c + r] = best_u;
+        }
+        resort(h, best_u, best_v);
+        resort(q, best_v, best_u);
+        load[h] -= d;
+        load[q] += d;
+        reposition(h);
+        reposition(q);
+    }
+}
+
 double pack_sorted(int64_t n, int64_t m, Refine refine, int rounds, PackScratch& s,
                    int64_t* pack, int64_t* rank);
 
@@ -240,6 +444,7 @@ double pack_sorted(int64_t n, int64_t m, Refine refine, int rounds, PackScratch&
 // pack load.
 double pack_one(const double* w, int64_t n, int64_t m, Refine refine, int rounds,
                 PackScratch& s, int64_t* pack, int64_t* rank) {
+    s.label.clear();
     s.order.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) s.order[i] = Item{w[i], i};
     if (n / m > 1) sort_items(s.order, s.sort_buffer, s.sort_key, s.sort_rank, s.sort_seen);
@@ -248,18 +453,10 @@ double pack_one(const double* w, int64_t n, int64_t m, Refine refine, int rounds
 
 // pack_one's work once s.order holds the items (load, index) sorted by (load desc, index
 // asc); c == 1 ignores the order.
-double pack_sorted(int64_t n, int64_t m, Refine refine, int rounds, PackScratch& s,
-                   int64_t* pack, int64_t* rank) {
+// LPT with cardinality over s.order (sorted by load desc, index asc) into s.slot / s.load;
+// with `use_labels`, an item avoids packs that already hold its label when it can.
+void lpt(int64_t n, int64_t m, PackScratch& s, bool use_labels) {
     const int64_t c = n / m;
-    if (c == 1) {
-        double peak = 0.0;
-        for (const Item& it : s.order) {
-            pack[it.idx] = it.idx;
-            rank[it.idx] = 0;
-            peak = std::max(peak, it.w);
-        }
-        return peak;
-    }
     s.load.assign(static_cast<size_t>(m), 0.0);
     s.count.assign(static_cast<size_t>(m), 0);
     s.slot.resize(static_cast<size_t>(n));
@@ -281,8 +478,27 @@ double pack_sorted(int64_t n, int64_t m, Refine refine, int rounds, PackScratch&
         const PackNode& r = tree[2 * i + 1];
         tree[i] = r.key < l.key ? r : l;
     }
+    const int64_t* label = use_labels && !s.label.empty() ? s.label.data() : nullptr;
+    auto holds = [&](int64_t q, int64_t e) {
+        for (int64_t r = 0; r < count[q]; ++r) {
+            if (label[slot[q * c + r]] == e) return true;
+        }
+        return false;
+    };
     int64_t p = tree[1].idx;
     for (const Item& it : s.order) {
+        if (label != nullptr && label[it.idx] >= 0 && holds(p, label[it.idx])) {
+            // The lightest open pack already holds this expert: take the lightest open pack
+            // that does not (ties: lower index), if any.
+            int64_t best = -1;
+            for (int64_t q = 0; q < m; ++q) {
+                if (count[q] < c && (best < 0 || load[q] < load[best]) &&
+                    !holds(q, label[it.idx])) {
+                    best = q;
+                }
+            }
+            if (best >= 0) p = best;
+        }
         slot[p * c + count[p]] = it.idx;
         load[p] += it.w;
         PackNode cur{++count[p] < c ? load[p] : inf, p};
@@ -298,12 +514,72 @@ double pack_sorted(int64_t n, int64_t m, Refine refine, int rounds, PackScratch&
         }
         p = cur.idx;
     }
-    if (refine == Refine::Swap && m > 1) {
+}
+
+double max_load(const PackScratch& s) {
+    return *std::max_element(s.load.begin(), s.load.end());
+}
+
+// refine="local": local search from the label-aware LPT. Refinement must never end above the
+// plain greedy's maximum, so when it does, it is retried from the plain greedy (repaired, then
+// searched with labels), and as a last resort run without labels.
+void refine_local(int64_t n, int64_t m, PackScratch& s) {
+    const int64_t c = n / m;
+    if (s.label.empty()) {
+        s.greedy_peak = max_load(s);
+        local_search(s.weight.data(), m, c, s);
+        return;
+    }
+    local_search(s.weight.data(), m, c, s);
+    const double refined = max_load(s);
+    std::vector<int64_t> kept_slot = s.slot;
+    std::vector<double> kept_load = s.load;
+    lpt(n, m, s, false);
+    s.greedy_peak = max_load(s);
+    const double allowed = std::max(s.greedy_peak, s.limit);
+    if (refined <= allowed) {
+        s.slot.swap(kept_slot);
+        s.load.swap(kept_load);
+        return;
+    }
+    local_search(s.weight.data(), m, c, s);
+    if (max_load(s) <= allowed) return;
+    // Keeping replicas apart costs balance here: plan without labels, then separate what can
+    // be separated without raising the maximum.
+    std::vector<int64_t> labels;
+    labels.swap(s.label);
+    lpt(n, m, s, false);
+    local_search(s.weight.data(), m, c, s);
+    labels.swap(s.label);
+    separate_replicas(s.weight.data(), m, c, s, std::max(max_load(s), s.limit));
+}
+
+double pack_sorted(int64_t n, int64_t m, Refine refine, int rounds, PackScratch& s,
+                   int64_t* pack, int64_t* rank) {
+    const int64_t c = n / m;
+    if (c == 1) {
+        double peak = 0.0;
+        for (const Item& it : s.order) {
+            pack[it.idx] = it.idx;
+            rank[it.idx] = 0;
+            peak = std::max(peak, it.w);
+        }
+        s.greedy_peak = peak;
+        return peak;
+    }
+    lpt(n, m, s, true);
+    s.greedy_peak = max_load(s);  // refine="local" with labels replaces it by the plain LPT's
+    if (refine != Refine::None && m > 1) {
         s.weight.resize(static_cast<size_t>(n));
         for (const Item& it : s.order) s.weight[it.idx] = it.w;
-        swap_refine(s.weight.data(), m, c, rounds, s);
+        if (refine == Refine::Swap) {
+            swap_refine(s.weight.data(), m, c, rounds, s);
+        } else {
+            refine_local(n, m, s);
+        }
     }
-
+    const double* load = s.load.data();
+    const int64_t* slot = s.slot.data();
     double peak = 0.0;
     for (int64_t q = 0; q < m; ++q) {
         peak = std::max(peak, load[q]);
@@ -375,15 +651,77 @@ void replicate_sorted(const double* w, int64_t n, int64_t num_phy, const Item* o
     }
 }
 
+// Up to this many groups, refine="local" splits groups over nodes optimally.
+constexpr int64_t kExactGroups = 12;
+
+struct PartitionScratch {
+    std::vector<int64_t> order, node, best_node, count;
+    std::vector<double> load;
+};
+
+// Depth-first branch and bound over balanced partitions: groups by descending load, each to a
+// node with room; an empty node is tried only once (nodes are interchangeable) and a branch is
+// cut as soon as a node reaches the best maximum so far (only strictly better splits count).
+void partition_search(const double* w, int64_t k, int64_t nodes, int64_t cap, int64_t i,
+                      double& best, PartitionScratch& s, bool& found) {
+    if (i == k) {
+        best = *std::max_element(s.load.begin(), s.load.end());
+        s.best_node = s.node;
+        found = true;
+        return;
+    }
+    const int64_t g = s.order[i];
+    bool tried_empty = false;
+    for (int64_t nd = 0; nd < nodes; ++nd) {
+        if (s.count[nd] == cap) continue;
+        if (s.count[nd] == 0) {
+            if (tried_empty) continue;
+            tried_empty = true;
+        }
+        const double next = s.load[nd] + w[g];
+        if (!(next < best)) continue;
+        s.load[nd] = next;
+        ++s.count[nd];
+        s.node[g] = nd;
+        partition_search(w, k, nodes, cap, i + 1, best, s, found);
+        --s.count[nd];
+        s.load[nd] -= w[g];
+    }
+}
+
+// The groups -> nodes split with the smallest maximum node load, if it beats `upper` (the
+// greedy split's maximum); otherwise pack / rank are left as they are. Rank within a node is
+// the order of assignment (descending load).
+void exact_partition(const double* w, int64_t k, int64_t nodes, double upper,
+                     PartitionScratch& s, int64_t* pack, int64_t* rank) {
+    s.order.resize(static_cast<size_t>(k));
+    for (int64_t g = 0; g < k; ++g) s.order[g] = g;
+    std::stable_sort(s.order.begin(), s.order.end(),
+                     [w](int64_t a, int64_t b) { return w[a] > w[b]; });
+    s.node.assign(static_cast<size_t>(k), -1);
+    s.count.assign(static_cast<size_t>(nodes), 0);
+    s.load.assign(static_cast<size_t>(nodes), 0.0);
+    bool found = false;
+    double best = upper;
+    partition_search(w, k, nodes, k / nodes, 0, best, s, found);
+    if (!found) return;
+    s.count.assign(static_cast<size_t>(nodes), 0);
+    for (const int64_t g : s.order) {
+        pack[g] = s.best_node[g];
+        rank[g] = s.count[s.best_node[g]]++;
+    }
+}
+
 struct LayerScratch {
     PackScratch pack;
     std::vector<Quotient> quotients;
-    std::vector<double> group_load, mlog_load, phy_load, node_load;
+    std::vector<double> group_load, mlog_load, phy_load, node_load, node_peak;
     std::vector<int64_t> group_pack, group_rank, greedy_pack, greedy_rank;
     std::vector<int64_t> log2mlog, mlog2log, mlogcnt;
     std::vector<int64_t> phy2mlog, phyrank, gpu_of_phy, rank_on_gpu;
     std::vector<int64_t> alt_phy2log, alt_phyrank, alt_logcnt;
     std::vector<Item> experts, single, multi;
+    PartitionScratch partition;
 };
 
 struct ReplicateScratch {
@@ -428,8 +766,9 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
     s.phyrank.resize(static_cast<size_t>(slots_per_node));
     s.gpu_of_phy.resize(static_cast<size_t>(slots_per_node));
     s.rank_on_gpu.resize(static_cast<size_t>(slots_per_node));
-    double peak = 0.0;
-    for (int64_t node = 0; node < sh.nodes; ++node) {
+    // Plans one node; with refine="local" its label-respecting plan may exceed that node's
+    // greedy maximum up to `limit`.
+    auto place_node = [&](int64_t node, double limit) {
         const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
         int64_t* mlogcnt = s.mlogcnt.data() + node * experts_per_node;
         for (int64_t j = 0; j < experts_per_node; ++j) {
@@ -459,10 +798,21 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
         s.pack.order.resize(static_cast<size_t>(slots_per_node));
         merge_items(s.single.data(), static_cast<int64_t>(s.single.size()), s.multi.data(),
                     static_cast<int64_t>(s.multi.size()), s.pack.order.data());
+        // refine="local" keeps replicas of one expert on different GPUs whenever the expert
+        // has no more replicas than the node has GPUs.
+        s.pack.label.clear();
+        if (opt.refine == Refine::Local) {
+            s.pack.label.resize(static_cast<size_t>(slots_per_node));
+            for (int64_t i = 0; i < slots_per_node; ++i) {
+                const int64_t cnt = mlogcnt[s.phy2mlog[i]];
+                s.pack.label[i] = cnt > 1 && cnt <= gpus_per_node ? s.phy2mlog[i] : -1;
+            }
+        }
+        s.pack.limit = limit;
+        s.pack.greedy_peak = 0.0;
         const double node_peak =
             pack_sorted(slots_per_node, gpus_per_node, opt.refine, opt.swap_rounds, s.pack,
                         s.gpu_of_phy.data(), s.rank_on_gpu.data());
-        peak = std::max(peak, node_peak);
         int64_t* node_phy2log = out_phy2log + node * slots_per_node;
         int64_t* node_phyrank = out_phyrank + node * slots_per_node;
         for (int64_t i = 0; i < slots_per_node; ++i) {
@@ -470,6 +820,23 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
             node_phy2log[slot] = mlog2log[s.phy2mlog[i]];
             node_phyrank[slot] = s.phyrank[i];
         }
+        return node_peak;
+    };
+    const bool local = opt.refine == Refine::Local;
+    const double inf = std::numeric_limits<double>::infinity();
+    double peak = 0.0, greedy = 0.0;
+    s.node_peak.resize(static_cast<size_t>(sh.nodes));
+    for (int64_t node = 0; node < sh.nodes; ++node) {
+        // Several nodes: keep every node's replicas apart first; a node only has to stay
+        // within the layer's greedy maximum, known once all nodes are planned.
+        s.node_peak[node] = place_node(node, local && sh.nodes > 1 ? inf : 0.0);
+        greedy = std::max(greedy, s.pack.greedy_peak);
+    }
+    for (int64_t node = 0; node < sh.nodes; ++node) {
+        if (local && sh.nodes > 1 && s.node_peak[node] > greedy) {
+            s.node_peak[node] = place_node(node, greedy);
+        }
+        peak = std::max(peak, s.node_peak[node]);
     }
     for (int64_t e = 0; e < E; ++e) out_logcnt[e] = s.mlogcnt[s.log2mlog[e]];
     return peak;
@@ -487,8 +854,14 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
     }
     s.group_pack.resize(static_cast<size_t>(sh.groups));
     s.group_rank.resize(static_cast<size_t>(sh.groups));
-    pack_one(s.group_load.data(), sh.groups, sh.nodes, opt.refine, opt.swap_rounds, s.pack,
-             s.group_pack.data(), s.group_rank.data());
+    const double greedy_nodes =
+        pack_one(s.group_load.data(), sh.groups, sh.nodes, opt.refine, opt.swap_rounds, s.pack,
+                 s.group_pack.data(), s.group_rank.data());
+    if (opt.refine == Refine::Local && sh.groups <= kExactGroups && sh.groups > sh.nodes &&
+        sh.nodes > 1) {
+        exact_partition(s.group_load.data(), sh.groups, sh.nodes, greedy_nodes, s.partition,
+                        s.group_pack.data(), s.group_rank.data());
+    }
     const double peak = place_layer(w, sh, opt, s, s.group_pack.data(), s.group_rank.data(),
                                     out_phy2log, out_phyrank, out_logcnt);
     if (opt.refine == Refine::None || sh.nodes == 1) return;
@@ -531,7 +904,9 @@ void check_options(const Options& opt) {
 Refine parse_refine(const std::string& name) {
     if (name == "none") return Refine::None;
     if (name == "swap") return Refine::Swap;
-    throw std::invalid_argument("refine must be one of 'swap', 'none'; got '" + name + "'");
+    if (name == "local") return Refine::Local;
+    throw std::invalid_argument("refine must be one of 'local', 'swap', 'none'; got '" + name +
+                                "'");
 }
 
 void check_weights(const double* weight, int64_t rows, int64_t cols, const char* name) {

@@ -12,8 +12,9 @@
 namespace fasteplb {
 
 enum class Refine {
-    None,  // DeepSeek's greedy (LPT with cardinality) only
-    Swap,  // greedy, then max/min pair swaps (the seed's refinement)
+    None,   // DeepSeek's greedy (LPT with cardinality) only
+    Swap,   // greedy, then max/min pair swaps (the seed's refinement)
+    Local,  // greedy, then max-vs-any best-improvement swaps, no co-located replicas
 };
 
 struct Options {
@@ -22,7 +23,7 @@ struct Options {
     int num_threads = 0;   // <= 0: hardware concurrency, capped by the row count
 };
 
-// Parses "none" / "swap"; throws std::invalid_argument naming `refine` otherwise.
+// Parses "local" / "swap" / "none"; throws std::invalid_argument naming `refine` otherwise.
 Refine parse_refine(const std::string& name);
 
 // Throws std::invalid_argument unless every entry of weight[rows, cols] is finite and >= 0.

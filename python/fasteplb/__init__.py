@@ -8,7 +8,7 @@ A drop-in for DeepSeek's ``eplb.py``::
 """
 
 from ._api import balanced_packing, rebalance_experts, replicate_experts
-from .metrics import balancedness, gpu_loads
+from .metrics import balancedness, colocated, gpu_loads, lower_bound, report
 
 __version__ = "0.1.0"
 
@@ -16,7 +16,10 @@ __all__ = [
     "__version__",
     "balanced_packing",
     "balancedness",
+    "colocated",
     "gpu_loads",
+    "lower_bound",
     "rebalance_experts",
     "replicate_experts",
+    "report",
 ]

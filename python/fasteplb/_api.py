@@ -15,7 +15,7 @@ def rebalance_experts(
     num_nodes: int,
     num_gpus: int,
     *,
-    refine: str = "swap",
+    refine: str = "local",
     swap_rounds: int = 20,
     num_threads: Optional[int] = None,
 ) -> tuple[Any, Any, Any]:
@@ -31,7 +31,10 @@ def rebalance_experts(
         num_groups: expert groups K (the number of experts must be a multiple of it)
         num_nodes: server nodes N (``num_gpus`` must be a multiple of it)
         num_gpus: GPUs G; each holds ``P // G`` slots, GPU g owns slots [g*k, (g+1)*k)
-        refine: ``"swap"`` (greedy then max/min pair swaps) or ``"none"`` (pure greedy)
+        refine: ``"local"`` (default: greedy, then best-improvement swaps of the heaviest GPU
+            with any other, never two replicas of one expert on a GPU while avoidable),
+            ``"swap"`` (greedy, then the seed's max/min pair swaps) or ``"none"`` (DeepSeek's
+            greedy exactly)
         swap_rounds: most swaps per packing call with ``refine="swap"``
         num_threads: worker threads over layers (default: hardware concurrency)
 
@@ -55,7 +58,7 @@ def balanced_packing(
     weight: Any,
     num_packs: int,
     *,
-    refine: str = "swap",
+    refine: str = "local",
     swap_rounds: int = 20,
     num_threads: Optional[int] = None,
 ) -> tuple[Any, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-REFINE_MODES = ("swap", "none")
+REFINE_MODES = ("local", "swap", "none")
 
 # Supported ranges: far above any real deployment, far below what would exhaust memory, so
 # absurd arguments fail here instead of in an allocation.
@@ -31,11 +31,13 @@ def count(name: str, value: Any, minimum: int = 1) -> int:
     return n
 
 
-def options(refine: Any, swap_rounds: Any) -> tuple[str, int]:
+def options(
+    refine: Any, swap_rounds: Any, modes: tuple[str, ...] = REFINE_MODES
+) -> tuple[str, int]:
     if not isinstance(refine, str):
         raise TypeError(f"refine must be a str, got {type(refine).__name__}")
-    if refine not in REFINE_MODES:
-        raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
+    if refine not in modes:
+        raise ValueError(f"refine must be one of {modes}, got {refine!r}")
     # Every swap strictly lowers the sum of squared pack loads, so refinement stops long
     # before 2**31 - 1 rounds: capping there (the core's int) changes no result.
     return refine, min(count("swap_rounds", swap_rounds, minimum=0), INT_MAX)

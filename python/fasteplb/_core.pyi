@@ -12,14 +12,14 @@ def rebalance_experts(
     num_groups: int,
     num_nodes: int,
     num_gpus: int,
-    refine: str = "swap",
+    refine: str = "local",
     swap_rounds: int = 20,
     num_threads: int = 0,
 ) -> tuple[_I64, _I64, _I64]: ...
 def balanced_packing(
     weight: _F64,
     num_packs: int,
-    refine: str = "swap",
+    refine: str = "local",
     swap_rounds: int = 20,
     num_threads: int = 0,
 ) -> tuple[_I64, _I64]: ...

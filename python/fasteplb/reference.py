@@ -17,6 +17,9 @@ from ._marshal import Weights
 
 __all__ = ["balanced_packing", "rebalance_experts", "replicate_experts"]
 
+# refine="local" is native only: the reference is the oracle for the greedy and the seed's swap.
+_MODES = ("swap", "none")
+
 # Keeps every pack load far from overflow (the native packer relies on it).
 _MAX_ROW_TOTAL = 1e300
 
@@ -189,7 +192,7 @@ def rebalance_experts(
     """Reference for :func:`fasteplb.rebalance_experts` (same arguments and results)."""
     import numpy as np
 
-    refine, swap_rounds = _checks.options(refine, swap_rounds)
+    refine, swap_rounds = _checks.options(refine, swap_rounds, _MODES)
     wt = Weights(weight)
     layers, experts = _checks.shape(wt.array.shape)
     num_replicas, num_groups, num_nodes, num_gpus = _checks.plan(
@@ -220,7 +223,7 @@ def balanced_packing(
     """Reference for :func:`fasteplb.balanced_packing`."""
     import numpy as np
 
-    refine, swap_rounds = _checks.options(refine, swap_rounds)
+    refine, swap_rounds = _checks.options(refine, swap_rounds, _MODES)
     wt = Weights(weight)
     rows, n = _checks.shape(wt.array.shape)
     num_packs = _checks.packing(rows, n, num_packs)
