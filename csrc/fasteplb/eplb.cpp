@@ -651,6 +651,136 @@ void replicate_sorted(const double* w, int64_t n, int64_t num_phy, const Item* o
     }
 }
 
+// Replica counts for two slots per GPU. With fixed replicas the best packing pairs the i-th
+// heaviest with the i-th lightest (LPT does exactly that), so at k = 2 everything that is
+// left to gain lies in the counts: Adams' counts minimise the largest replica, not the
+// largest pair. This local search moves one replica at a time from a donor (among the few
+// experts whose replicas would grow least) to an expert of the heaviest pair, re-evaluating
+// the pairing exactly, and keeps a move only if it lowers the heaviest pair.
+struct PairScratch {
+    std::vector<int64_t> order;
+    std::vector<double> items;
+    std::vector<int64_t> owner;
+};
+
+// The heaviest pair under sorted pairing for counts `cnt`; also its two experts and how many
+// pairs reach it (the tie-breaking objective: fewer pairs at the peak is progress too).
+double pairing_peak(const double* w, int64_t n, const int64_t* cnt, PairScratch& s,
+                    int64_t* top, int64_t* bottom, int64_t* at_peak) {
+    s.order.resize(static_cast<size_t>(n));
+    for (int64_t e = 0; e < n; ++e) s.order[e] = e;
+    std::sort(s.order.begin(), s.order.end(), [&](int64_t a, int64_t b) {
+        const double qa = w[a] / static_cast<double>(cnt[a]);
+        const double qb = w[b] / static_cast<double>(cnt[b]);
+        return qa > qb || (qa == qb && a < b);
+    });
+    s.items.clear();
+    s.owner.clear();
+    for (const int64_t e : s.order) {
+        const double q = w[e] / static_cast<double>(cnt[e]);
+        for (int64_t r = 0; r < cnt[e]; ++r) {
+            s.items.push_back(q);
+            s.owner.push_back(e);
+        }
+    }
+    const int64_t slots = static_cast<int64_t>(s.items.size());
+    double peak = -1.0;
+    for (int64_t i = 0; i < slots / 2; ++i) {
+        const double pair = s.items[i] + s.items[slots - 1 - i];
+        if (pair > peak) {
+            peak = pair;
+            *top = s.owner[i];
+            *bottom = s.owner[slots - 1 - i];
+            *at_peak = 0;
+        }
+        *at_peak += pair == peak;
+    }
+    return peak;
+}
+
+// Improves cnt (each >= 1, summing to the slot count) for two slots per GPU; returns whether
+// it changed.
+bool improve_pair_counts(const double* w, int64_t n, int64_t* cnt, PairScratch& s) {
+    constexpr int kDonors = 3;
+    int64_t top = 0, bottom = 0, ties = 0;
+    double peak = pairing_peak(w, n, cnt, s, &top, &bottom, &ties);
+    bool changed = false;
+    const int64_t cap = n + 8;
+    for (int64_t iter = 0; iter < cap; ++iter) {
+        // Donors: experts with >= 2 replicas whose replicas would grow least.
+        int64_t donor[kDonors];
+        double grown[kDonors];
+        int found = 0;
+        for (int64_t e = 0; e < n; ++e) {
+            if (cnt[e] < 2) continue;
+            const double g = w[e] / static_cast<double>(cnt[e] - 1);
+            int pos = found < kDonors ? found++ : kDonors;
+            while (pos > 0 && g < grown[pos - 1]) {
+                if (pos < kDonors) {
+                    donor[pos] = donor[pos - 1];
+                    grown[pos] = grown[pos - 1];
+                }
+                --pos;
+            }
+            if (pos < kDonors) {
+                donor[pos] = e;
+                grown[pos] = g;
+            }
+        }
+        double best = peak;
+        int64_t best_ties = ties;
+        int64_t best_a = -1, best_b = -1, next_top = 0, next_bottom = 0;
+        const int64_t takers[2] = {top, bottom};
+        for (int t = 0; t < 2; ++t) {
+            const int64_t b = takers[t];
+            if (t == 1 && b == top) break;
+            for (int d = 0; d < found; ++d) {
+                const int64_t a = donor[d];
+                if (a == b) continue;
+                --cnt[a];
+                ++cnt[b];
+                int64_t nt = 0, nb = 0, nties = 0;
+                const double trial = pairing_peak(w, n, cnt, s, &nt, &nb, &nties);
+                ++cnt[a];
+                --cnt[b];
+                if (trial < best || (trial == best && nties < best_ties)) {
+                    best = trial;
+                    best_ties = nties;
+                    best_a = a;
+                    best_b = b;
+                    next_top = nt;
+                    next_bottom = nb;
+                }
+            }
+        }
+        if (best_a < 0) break;
+        --cnt[best_a];
+        ++cnt[best_b];
+        changed = changed || best < peak;
+        peak = best;
+        ties = best_ties;
+        top = next_top;
+        bottom = next_bottom;
+    }
+    return changed;
+}
+
+// Slots for counts cnt: slots [0, n) hold experts 0..n-1, then each expert's further replicas
+// in expert order.
+void layout_counts(int64_t n, const int64_t* cnt, int64_t* phy2log, int64_t* rank) {
+    int64_t slot = n;
+    for (int64_t e = 0; e < n; ++e) {
+        phy2log[e] = e;
+        rank[e] = 0;
+    }
+    for (int64_t e = 0; e < n; ++e) {
+        for (int64_t r = 1; r < cnt[e]; ++r) {
+            phy2log[slot] = e;
+            rank[slot++] = r;
+        }
+    }
+}
+
 // Up to this many groups, refine="local" splits groups over nodes optimally.
 constexpr int64_t kExactGroups = 12;
 
@@ -722,6 +852,8 @@ struct LayerScratch {
     std::vector<int64_t> alt_phy2log, alt_phyrank, alt_logcnt;
     std::vector<Item> experts, single, multi;
     PartitionScratch partition;
+    PairScratch pairs;
+    std::vector<int64_t> trial_cnt, kept_cnt, kept_phy2log, kept_phyrank;
 };
 
 struct ReplicateScratch {
@@ -768,18 +900,11 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
     s.rank_on_gpu.resize(static_cast<size_t>(slots_per_node));
     // Plans one node; with refine="local" its label-respecting plan may exceed that node's
     // greedy maximum up to `limit`.
-    auto place_node = [&](int64_t node, double limit) {
+    // Packs one node's replicas, as given by s.phy2mlog / s.phyrank / mlogcnt, onto its GPUs
+    // and writes the node's slots; returns the node's largest GPU load.
+    auto pack_node = [&](int64_t node, double limit) {
         const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
-        int64_t* mlogcnt = s.mlogcnt.data() + node * experts_per_node;
-        for (int64_t j = 0; j < experts_per_node; ++j) {
-            s.mlog_load[j] = w[mlog2log[j]];
-            s.experts[j] = Item{s.mlog_load[j], j};
-        }
-        sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
-                   s.pack.sort_seen);
-        replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node,
-                         s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
-                         mlogcnt);
+        const int64_t* mlogcnt = s.mlogcnt.data() + node * experts_per_node;
         // The replicas in (load desc, slot asc) order, for the packer: experts that kept a
         // single replica stay in the order just computed (slot j holds expert j, load / 1 is
         // exact); the replicas of replicated experts are sorted apart and merged in.
@@ -820,6 +945,47 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
             node_phy2log[slot] = mlog2log[s.phy2mlog[i]];
             node_phyrank[slot] = s.phyrank[i];
         }
+        return node_peak;
+    };
+    // Plans one node; with refine="local" its label-respecting plan may exceed that node's
+    // greedy maximum up to `limit`.
+    auto place_node = [&](int64_t node, double limit) {
+        const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
+        int64_t* mlogcnt = s.mlogcnt.data() + node * experts_per_node;
+        for (int64_t j = 0; j < experts_per_node; ++j) {
+            s.mlog_load[j] = w[mlog2log[j]];
+            s.experts[j] = Item{s.mlog_load[j], j};
+        }
+        sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
+                   s.pack.sort_seen);
+        replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node,
+                         s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
+                         mlogcnt);
+        double node_peak = pack_node(node, limit);
+        if (opt.refine != Refine::Local || slots_per_gpu != 2 || gpus_per_node < 2) {
+            return node_peak;
+        }
+        s.trial_cnt.assign(mlogcnt, mlogcnt + experts_per_node);
+        if (!improve_pair_counts(s.mlog_load.data(), experts_per_node, s.trial_cnt.data(),
+                                 s.pairs)) {
+            return node_peak;
+        }
+        // Adams' counts are the baseline: the new counts are kept only if the packed node
+        // comes out strictly lighter.
+        const double greedy_peak = s.pack.greedy_peak;
+        int64_t* node_phy2log = out_phy2log + node * slots_per_node;
+        int64_t* node_phyrank = out_phyrank + node * slots_per_node;
+        s.kept_cnt.assign(mlogcnt, mlogcnt + experts_per_node);
+        s.kept_phy2log.assign(node_phy2log, node_phy2log + slots_per_node);
+        s.kept_phyrank.assign(node_phyrank, node_phyrank + slots_per_node);
+        std::copy(s.trial_cnt.begin(), s.trial_cnt.end(), mlogcnt);
+        layout_counts(experts_per_node, mlogcnt, s.phy2mlog.data(), s.phyrank.data());
+        const double trial = pack_node(node, limit);
+        s.pack.greedy_peak = greedy_peak;
+        if (trial < node_peak) return trial;
+        std::copy(s.kept_cnt.begin(), s.kept_cnt.end(), mlogcnt);
+        std::copy(s.kept_phy2log.begin(), s.kept_phy2log.end(), node_phy2log);
+        std::copy(s.kept_phyrank.begin(), s.kept_phyrank.end(), node_phyrank);
         return node_peak;
     };
     const bool local = opt.refine == Refine::Local;
