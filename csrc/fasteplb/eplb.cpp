@@ -241,7 +241,7 @@ void merge_items(const Item* a, int64_t na, const Item* b, int64_t nb, Item* out
 }
 
 // Relative distance to the lower bound at which local search stops.
-constexpr double kBoundTolerance = 1e-9;
+constexpr double kBoundTolerance = 1e-4;
 
 // LPT places a replica next to another replica of its expert only when every open pack
 // already holds one. Repairs that where possible: swap the extra copy u (pack p) with an item v
@@ -360,24 +360,22 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         return load[a] < load[b] || (load[a] == load[b] && a < b);
     };
     std::sort(visit, visit + m, before_pack);
-    auto reposition = [&](int64_t pack) {
-        int64_t i = 0;
-        while (visit[i] != pack) ++i;
-        while (i > 0 && before_pack(visit[i], visit[i - 1])) {
-            std::swap(visit[i], visit[i - 1]);
-            --i;
-        }
-        while (i + 1 < m && before_pack(visit[i + 1], visit[i])) {
-            std::swap(visit[i], visit[i + 1]);
-            ++i;
-        }
+    // Moves the pack at visit[at], whose load just changed, to its sorted place: binary search
+    // in the rest of the order, then one block move.
+    auto reposition = [&](int64_t at) {
+        const int64_t pack = visit[at];
+        std::copy(visit + at + 1, visit + m, visit + at);
+        const int64_t place =
+            std::lower_bound(visit, visit + m - 1, pack, before_pack) - visit;
+        std::copy_backward(visit + place, visit + m - 1, visit + m);
+        visit[place] = pack;
     };
     const int64_t cap = std::max<int64_t>(32, 4 * m);
     for (int64_t iter = 0; iter < cap; ++iter) {
         const int64_t h = visit[m - 1];  // the heaviest pack (ties: the higher index)
         if (load[h] <= bound * (1.0 + kBoundTolerance)) return;
         double best = load[h];  // the pair maximum to beat
-        int64_t best_u = -1, best_v = -1, best_q = -1;
+        int64_t best_u = -1, best_v = -1, best_q = -1, best_k = -1;
         for (int64_t k = 0; k < m; ++k) {
             const int64_t q = visit[k];
             if (q == h) continue;
@@ -414,6 +412,7 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
                         best_u = u;
                         best_v = v;
                         best_q = q;
+                        best_k = k;
                         break;
                     }
                 }
@@ -430,8 +429,10 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         resort(q, best_v, best_u);
         load[h] -= d;
         load[q] += d;
-        reposition(h);
-        reposition(q);
+        reposition(best_k);
+        int64_t at = m - 1;
+        while (visit[at] != h) --at;
+        reposition(at);
     }
 }
 
