@@ -144,6 +144,7 @@ struct PackScratch {
     // max(limit, the plain greedy's maximum), and reports that greedy maximum.
     double limit = 0.0;
     double greedy_peak = 0.0;
+    bool diverted = false;  // the last lpt() moved an item off the lightest open pack
 };
 
 // Index of the first smallest of x[0..n), n >= 1. Four interleaved running minima (each keeps
@@ -458,6 +459,7 @@ double pack_one(const double* w, int64_t n, int64_t m, Refine refine, int rounds
 // with `use_labels`, an item avoids packs that already hold its label when it can.
 void lpt(int64_t n, int64_t m, PackScratch& s, bool use_labels) {
     const int64_t c = n / m;
+    s.diverted = false;
     s.load.assign(static_cast<size_t>(m), 0.0);
     s.count.assign(static_cast<size_t>(m), 0);
     s.slot.resize(static_cast<size_t>(n));
@@ -498,7 +500,10 @@ void lpt(int64_t n, int64_t m, PackScratch& s, bool use_labels) {
                     best = q;
                 }
             }
-            if (best >= 0) p = best;
+            if (best >= 0) {
+                p = best;
+                s.diverted = true;
+            }
         }
         slot[p * c + count[p]] = it.idx;
         load[p] += it.w;
@@ -531,8 +536,12 @@ void refine_local(int64_t n, int64_t m, PackScratch& s) {
         local_search(s.weight.data(), m, c, s);
         return;
     }
+    // Without a diverted item the label-aware LPT was the plain one, whose maximum
+    // pack_sorted already recorded in greedy_peak.
+    const bool diverted = s.diverted;
     local_search(s.weight.data(), m, c, s);
     const double refined = max_load(s);
+    if (!diverted && refined <= std::max(s.greedy_peak, s.limit)) return;
     std::vector<int64_t> kept_slot = s.slot;
     std::vector<double> kept_load = s.load;
     lpt(n, m, s, false);
@@ -1021,11 +1030,13 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
     }
     s.group_pack.resize(static_cast<size_t>(sh.groups));
     s.group_rank.resize(static_cast<size_t>(sh.groups));
+    const bool exact = opt.refine == Refine::Local && sh.groups <= kExactGroups &&
+                       sh.groups > sh.nodes && sh.nodes > 1;
+    // The exact split needs only the greedy's maximum as its starting bound.
     const double greedy_nodes =
-        pack_one(s.group_load.data(), sh.groups, sh.nodes, opt.refine, opt.swap_rounds, s.pack,
-                 s.group_pack.data(), s.group_rank.data());
-    if (opt.refine == Refine::Local && sh.groups <= kExactGroups && sh.groups > sh.nodes &&
-        sh.nodes > 1) {
+        pack_one(s.group_load.data(), sh.groups, sh.nodes, exact ? Refine::None : opt.refine,
+                 opt.swap_rounds, s.pack, s.group_pack.data(), s.group_rank.data());
+    if (exact) {
         exact_partition(s.group_load.data(), sh.groups, sh.nodes, greedy_nodes, s.partition,
                         s.group_pack.data(), s.group_rank.data());
     }
