@@ -13,9 +13,8 @@ import datetime
 import pathlib
 import sys
 
-import numpy as np
-
 import fasteplb
+import numpy as np
 from fasteplb import reference
 from fasteplb._timing import machine, side_by_side
 

@@ -18,9 +18,8 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 import fasteplb
+import numpy as np
 from fasteplb import reference
 from fasteplb._timing import machine, side_by_side
 

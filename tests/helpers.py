@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import fasteplb
 import numpy as np
+from fasteplb import reference
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-
-import fasteplb
-from fasteplb import reference
 
 # Load shapes the generators know. "int" is small integers full of ties; "extreme" mixes
 # subnormals with huge values (row sums stay far below the 1e300 limit).

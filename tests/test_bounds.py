@@ -5,16 +5,15 @@ from __future__ import annotations
 import functools
 import itertools
 
+import fasteplb
 import numpy as np
 import pytest
 import torch
+from fasteplb import metrics
+from fasteplb._checks import REFINE_MODES
 from helpers import configs, fuzz, make_load, node_loads
 from hypothesis import given
 from hypothesis import strategies as st
-
-import fasteplb
-from fasteplb import metrics
-from fasteplb._checks import REFINE_MODES
 
 TERMS = ("mean", "replica", "hot", "node")
 TOL = 1e-9

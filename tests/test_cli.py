@@ -5,9 +5,8 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 import fasteplb
+import pytest
 from fasteplb.__main__ import main
 
 

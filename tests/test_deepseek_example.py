@@ -1,11 +1,10 @@
 """The worked example from DeepSeek's EPLB README, reproduced exactly."""
 
+import fasteplb
 import numpy as np
 import pytest
 import torch
 from helpers import check_plan
-
-import fasteplb
 
 WEIGHT = [[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
           [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]]

@@ -3,13 +3,12 @@ raises the same exception type with the same message."""
 
 import time
 
+import fasteplb
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same, both
-
-import fasteplb
 from fasteplb import reference
+from helpers import assert_same, both
 
 W = np.ones((2, 8))  # valid base load: 2 layers x 8 experts
 PLAN = (16, 4, 2, 4)  # num_replicas, num_groups, num_nodes, num_gpus

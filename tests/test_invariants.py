@@ -1,14 +1,20 @@
 """Structural invariants of the plans, on many random configurations and load shapes."""
 
+import fasteplb
 import numpy as np
 import pytest
-from hypothesis import given
 from helpers import (
-    TIE_KINDS, check_packing, check_plan, check_replication, configs, fuzz, make_load,
-    packing_inputs, replication_inputs,
+    TIE_KINDS,
+    check_packing,
+    check_plan,
+    check_replication,
+    configs,
+    fuzz,
+    make_load,
+    packing_inputs,
+    replication_inputs,
 )
-
-import fasteplb
+from hypothesis import given
 
 REFINES = ("none", "swap")
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import fasteplb
 import numpy as np
 import pytest
 from helpers import configs, fuzz, make_load
 from hypothesis import given
-
-import fasteplb
 
 
 def colocated(plan: tuple, num_gpus: int, gpus_per_node: int) -> np.ndarray:

@@ -1,11 +1,10 @@
 """gpu_loads and balancedness on hand-computed plans."""
 
+import fasteplb
 import numpy as np
 import pytest
 import torch
 from helpers import make_load
-
-import fasteplb
 
 # Layer 0: experts 0 and 2 have two replicas. Slot loads 3, 3 | 2, 2 | 0, 2 -> GPUs 6, 4, 2.
 # Layer 1: expert 0 has three replicas of load 1, every slot carries 1 -> GPUs 2, 2, 2.

@@ -1,18 +1,26 @@
 """fasteplb (native) vs fasteplb.reference (pure Python): bit-identical plans, and what the
 swap refinement may and may not do to the load."""
 
+import fasteplb
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from helpers import (
-    TIE_KINDS, assert_same, both, check_plan, configs, fuzz, make_load, node_loads, pack_loads,
-    packing_inputs, replication_inputs,
-)
-
-import fasteplb
 from fasteplb import reference
 from fasteplb.__main__ import DEMO_SHAPE, demo_load
+from helpers import (
+    TIE_KINDS,
+    assert_same,
+    both,
+    check_plan,
+    configs,
+    fuzz,
+    make_load,
+    node_loads,
+    pack_loads,
+    packing_inputs,
+    replication_inputs,
+)
+from hypothesis import given
+from hypothesis import strategies as st
 
 ROUNDS = (0, 1, 5, 20)
 MODES = [("none", 20)] + [("swap", r) for r in ROUNDS]

@@ -2,10 +2,9 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
+import fasteplb
 import pytest
 from helpers import assert_same, make_load
-
-import fasteplb
 
 WEIGHT = make_load("tokens", (37, 64), seed=21)
 THREADS = (2, 3, 8)

@@ -1,11 +1,10 @@
 """Input kinds: torch dtypes / layouts / devices, numpy, Python lists; outputs follow input."""
 
+import fasteplb
 import numpy as np
 import pytest
 import torch
 from helpers import assert_same, check_plan, make_load
-
-import fasteplb
 
 SIZES = (40, 8, 2, 8)  # for 32 experts
 # Small integers: exactly representable in every dtype below, uint8 and bfloat16 included.
