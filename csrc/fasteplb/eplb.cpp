@@ -309,25 +309,26 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
     if (label != nullptr) {
         separate_replicas(w, m, c, s, std::numeric_limits<double>::infinity());
     }
-    // Per-pack item lists sorted by (weight, index).
-    s.by_weight.assign(slot, slot + n);
+    // Per-pack item lists sorted by (weight, index). LPT fills each pack in descending order,
+    // so reversing the pack is nearly sorted and insertion sort only fixes ties and repairs.
+    s.by_weight.resize(static_cast<size_t>(n));
     int64_t* sorted = s.by_weight.data();
     auto lighter = [w](int64_t a, int64_t b) { return w[a] < w[b] || (w[a] == w[b] && a < b); };
-    for (int64_t q = 0; q < m; ++q) std::sort(sorted + q * c, sorted + (q + 1) * c, lighter);
-
-    // Fixed-item lower bound: the mean, and the heaviest item with the c - 1 lightest.
-    double total = 0.0, heaviest = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-        total += w[slot[i]];
-        heaviest = std::max(heaviest, w[slot[i]]);
+    for (int64_t q = 0; q < m; ++q) {
+        int64_t* a = sorted + q * c;
+        std::reverse_copy(slot + q * c, slot + (q + 1) * c, a);
+        for (int64_t i = 1; i < c; ++i) {
+            for (int64_t j = i; j > 0 && lighter(a[j], a[j - 1]); --j) std::swap(a[j], a[j - 1]);
+        }
     }
-    std::vector<double>& all = s.dist;
-    all.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) all[i] = w[slot[i]];
-    std::nth_element(all.begin(), all.begin() + (c - 1), all.end());
+
+    // Fixed-item lower bound: the mean, and the heaviest item with the c - 1 lightest
+    // (s.order lists the items by descending weight).
+    double total = 0.0;
+    for (int64_t i = 0; i < n; ++i) total += s.order[i].w;
     double smallest = 0.0;
-    for (int64_t i = 0; i < c - 1; ++i) smallest += all[i];
-    const double bound = std::max(total / static_cast<double>(m), heaviest + smallest);
+    for (int64_t i = n - (c - 1); i < n; ++i) smallest += s.order[i].w;
+    const double bound = std::max(total / static_cast<double>(m), s.order[0].w + smallest);
 
     auto holds_other = [&](int64_t q, int64_t e, int64_t except) {
         if (e < 0) return false;
