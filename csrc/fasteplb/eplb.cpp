@@ -669,73 +669,173 @@ void replicate_sorted(const double* w, int64_t n, int64_t num_phy, const Item* o
 // experts whose replicas would grow least) to an expert of the heaviest pair, re-evaluating
 // the pairing exactly, and keeps a move only if it lowers the heaviest pair.
 struct PairScratch {
-    std::vector<int64_t> order;
-    std::vector<double> items;
-    std::vector<int64_t> owner;
+    std::vector<int64_t> order;  // experts by (load per replica desc, index asc)
+    std::vector<double> worst;   // per expert, its heaviest pair
+    std::vector<double> sums;
 };
 
-// The heaviest pair under sorted pairing for counts `cnt`; also its two experts and how many
-// pairs reach it (the tie-breaking objective: fewer pairs at the peak is progress too).
-double pairing_peak(const double* w, int64_t n, const int64_t* cnt, PairScratch& s,
-                    int64_t* top, int64_t* bottom, int64_t* at_peak) {
-    s.order.resize(static_cast<size_t>(n));
-    for (int64_t e = 0; e < n; ++e) s.order[e] = e;
-    std::sort(s.order.begin(), s.order.end(), [&](int64_t a, int64_t b) {
-        const double qa = w[a] / static_cast<double>(cnt[a]);
-        const double qb = w[b] / static_cast<double>(cnt[b]);
-        return qa > qb || (qa == qb && a < b);
-    });
-    s.items.clear();
-    s.owner.clear();
-    for (const int64_t e : s.order) {
-        const double q = w[e] / static_cast<double>(cnt[e]);
-        for (int64_t r = 0; r < cnt[e]; ++r) {
-            s.items.push_back(q);
-            s.owner.push_back(e);
-        }
+inline double per_replica(const double* w, const int64_t* cnt, int64_t e) {
+    return w[e] / static_cast<double>(cnt[e]);
+}
+
+// Moves expert order[at], whose count just changed, to its sorted place.
+void reorder(const double* w, const int64_t* cnt, std::vector<int64_t>& order, int64_t at) {
+    auto before = [&](int64_t x, int64_t y) {
+        const double qx = per_replica(w, cnt, x), qy = per_replica(w, cnt, y);
+        return qx > qy || (qx == qy && x < y);
+    };
+    const int64_t n = static_cast<int64_t>(order.size());
+    while (at > 0 && before(order[at], order[at - 1])) {
+        std::swap(order[at], order[at - 1]);
+        --at;
     }
-    const int64_t slots = static_cast<int64_t>(s.items.size());
+    while (at + 1 < n && before(order[at + 1], order[at])) {
+        std::swap(order[at], order[at + 1]);
+        ++at;
+    }
+}
+
+// The heaviest pair when the i-th heaviest replica is paired with the i-th lightest, walking
+// the experts' runs of equal replicas from both ends (O(n)); also its two experts and how
+// many pairs reach it (the tie-breaking objective: fewer pairs at the peak is progress too).
+double pairing_peak(const double* w, const int64_t* cnt, const std::vector<int64_t>& order,
+                    int64_t pairs, int64_t* top, int64_t* bottom, int64_t* at_peak,
+                    double* worst = nullptr) {
+    const int64_t n = static_cast<int64_t>(order.size());
+    int64_t i = 0, j = n - 1;
+    int64_t ri = cnt[order[0]], rj = cnt[order[n - 1]];
     double peak = -1.0;
-    for (int64_t i = 0; i < slots / 2; ++i) {
-        const double pair = s.items[i] + s.items[slots - 1 - i];
-        if (pair > peak) {
-            peak = pair;
-            *top = s.owner[i];
-            *bottom = s.owner[slots - 1 - i];
+    for (int64_t done = 0; done < pairs;) {
+        const double sum = i == j ? 2.0 * per_replica(w, cnt, order[i])
+                                  : per_replica(w, cnt, order[i]) + per_replica(w, cnt, order[j]);
+        const int64_t take = i == j ? (pairs - done) : std::min({ri, rj, pairs - done});
+        if (sum > peak) {
+            peak = sum;
+            *top = order[i];
+            *bottom = order[j];
             *at_peak = 0;
         }
-        *at_peak += pair == peak;
+        if (sum == peak) *at_peak += take;
+        if (worst != nullptr) {
+            worst[order[i]] = std::max(worst[order[i]], sum);
+            worst[order[j]] = std::max(worst[order[j]], sum);
+        }
+        done += take;
+        if (i == j) break;
+        ri -= take;
+        rj -= take;
+        if (ri == 0) {
+            ++i;
+            ri = i == j ? rj : cnt[order[i]];
+        }
+        if (rj == 0 && i <= j) {
+            --j;
+            rj = j == i ? ri : cnt[order[j]];
+        }
     }
     return peak;
 }
 
-// Improves cnt (each >= 1, summing to the slot count) for two slots per GPU; returns whether
-// it changed.
-bool improve_pair_counts(const double* w, int64_t n, int64_t* cnt, PairScratch& s) {
-    constexpr int kDonors = 3;
+// The heaviest GPU when the replicas, heaviest first, are dealt to `gpus` GPUs in zig-zag
+// rounds (c rounds; for c = 2 this is pairing_peak's pairing): an O(slots) proxy for LPT at
+// small c. Reports like pairing_peak; top / bottom are the experts of the heaviest GPU's
+// first two replicas.
+double zigzag_peak(const double* w, const int64_t* cnt, const std::vector<int64_t>& order,
+                   int64_t gpus, int64_t c, std::vector<double>& sums, int64_t* top,
+                   int64_t* bottom, int64_t* at_peak, double* worst = nullptr) {
+    sums.assign(static_cast<size_t>(gpus), 0.0);
+    int64_t k = 0;
+    for (const int64_t e : order) {
+        const double q = per_replica(w, cnt, e);
+        for (int64_t r = 0; r < cnt[e]; ++r, ++k) {
+            const int64_t round = k / gpus, at = k % gpus;
+            sums[round % 2 == 0 ? at : gpus - 1 - at] += q;
+        }
+    }
+    (void)c;
+    double peak = -1.0;
+    int64_t g_peak = 0;
+    *at_peak = 0;
+    for (int64_t g = 0; g < gpus; ++g) {
+        if (sums[g] > peak) {
+            peak = sums[g];
+            g_peak = g;
+            *at_peak = 0;
+        }
+        *at_peak += sums[g] == peak;
+    }
+    // Second pass: the heaviest GPU's first two experts, and each expert's heaviest GPU.
+    k = 0;
+    *top = *bottom = -1;
+    for (const int64_t e : order) {
+        for (int64_t r = 0; r < cnt[e]; ++r, ++k) {
+            const int64_t round = k / gpus, at = k % gpus;
+            const int64_t g = round % 2 == 0 ? at : gpus - 1 - at;
+            if (g == g_peak) {
+                if (*top < 0) {
+                    *top = e;
+                } else if (*bottom < 0) {
+                    *bottom = e;
+                }
+            }
+            if (worst != nullptr) worst[e] = std::max(worst[e], sums[g]);
+        }
+    }
+    if (*bottom < 0) *bottom = *top;
+    return peak;
+}
+
+// Improves cnt (each >= 1, summing to the slot count) for c slots per GPU (2 exactly, by
+// pairing; 3 through the zig-zag proxy); returns whether the evaluated peak got lower.
+bool improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, PairScratch& s) {
+    constexpr int kDonors = 4;
+    int64_t slots = 0;
+    for (int64_t e = 0; e < n; ++e) slots += cnt[e];
+    const int64_t gpus = slots / c;
+    auto evaluate = [&](int64_t* top, int64_t* bottom, int64_t* ties, double* worst) {
+        return c == 2 ? pairing_peak(w, cnt, s.order, gpus, top, bottom, ties, worst)
+                      : zigzag_peak(w, cnt, s.order, gpus, c, s.sums, top, bottom, ties, worst);
+    };
+    s.order.resize(static_cast<size_t>(n));
+    for (int64_t e = 0; e < n; ++e) s.order[e] = e;
+    std::sort(s.order.begin(), s.order.end(), [&](int64_t x, int64_t y) {
+        const double qx = per_replica(w, cnt, x), qy = per_replica(w, cnt, y);
+        return qx > qy || (qx == qy && x < y);
+    });
     int64_t top = 0, bottom = 0, ties = 0;
-    double peak = pairing_peak(w, n, cnt, s, &top, &bottom, &ties);
-    bool changed = false;
+    double peak = evaluate(&top, &bottom, &ties, nullptr);
+    const double start = peak;
     const int64_t cap = n + 8;
+    auto position = [&](int64_t e) {
+        return static_cast<int64_t>(std::find(s.order.begin(), s.order.end(), e) -
+                                    s.order.begin());
+    };
     for (int64_t iter = 0; iter < cap; ++iter) {
-        // Donors: experts with >= 2 replicas whose replicas would grow least.
+        // Donors: experts with >= 2 replicas whose heaviest pair has the most room left for
+        // the growth of their replicas (peak - worst pair - growth), largest first.
+        s.worst.assign(static_cast<size_t>(n), 0.0);
+        {
+            int64_t t1 = 0, t2 = 0, t3 = 0;
+            evaluate(&t1, &t2, &t3, s.worst.data());
+        }
         int64_t donor[kDonors];
-        double grown[kDonors];
+        double room[kDonors];
         int found = 0;
         for (int64_t e = 0; e < n; ++e) {
             if (cnt[e] < 2) continue;
-            const double g = w[e] / static_cast<double>(cnt[e] - 1);
+            const double growth = w[e] / static_cast<double>(cnt[e] - 1) - per_replica(w, cnt, e);
+            const double r = peak - s.worst[e] - growth;
             int pos = found < kDonors ? found++ : kDonors;
-            while (pos > 0 && g < grown[pos - 1]) {
+            while (pos > 0 && r > room[pos - 1]) {
                 if (pos < kDonors) {
                     donor[pos] = donor[pos - 1];
-                    grown[pos] = grown[pos - 1];
+                    room[pos] = room[pos - 1];
                 }
                 --pos;
             }
             if (pos < kDonors) {
                 donor[pos] = e;
-                grown[pos] = g;
+                room[pos] = r;
             }
         }
         double best = peak;
@@ -750,10 +850,15 @@ bool improve_pair_counts(const double* w, int64_t n, int64_t* cnt, PairScratch& 
                 if (a == b) continue;
                 --cnt[a];
                 ++cnt[b];
+                reorder(w, cnt, s.order, position(a));
+                reorder(w, cnt, s.order, position(b));
                 int64_t nt = 0, nb = 0, nties = 0;
-                const double trial = pairing_peak(w, n, cnt, s, &nt, &nb, &nties);
+                const double trial = evaluate(&nt, &nb, &nties, nullptr);
+                // Undo: the order is a strict total order, so re-sorting restores it exactly.
                 ++cnt[a];
                 --cnt[b];
+                reorder(w, cnt, s.order, position(a));
+                reorder(w, cnt, s.order, position(b));
                 if (trial < best || (trial == best && nties < best_ties)) {
                     best = trial;
                     best_ties = nties;
@@ -767,13 +872,14 @@ bool improve_pair_counts(const double* w, int64_t n, int64_t* cnt, PairScratch& 
         if (best_a < 0) break;
         --cnt[best_a];
         ++cnt[best_b];
-        changed = changed || best < peak;
+        reorder(w, cnt, s.order, position(best_a));
+        reorder(w, cnt, s.order, position(best_b));
         peak = best;
         ties = best_ties;
         top = next_top;
         bottom = next_bottom;
     }
-    return changed;
+    return peak < start;
 }
 
 // Slots for counts cnt: slots [0, n) hold experts 0..n-1, then each expert's further replicas
@@ -791,6 +897,9 @@ void layout_counts(int64_t n, const int64_t* cnt, int64_t* phy2log, int64_t* ran
         }
     }
 }
+
+// Up to this many slots per GPU, refine="local" also searches the replica counts.
+constexpr int64_t kCountSearchSlots = 3;
 
 // Up to this many groups, refine="local" splits groups over nodes optimally.
 constexpr int64_t kExactGroups = 12;
@@ -973,12 +1082,13 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
                          s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
                          mlogcnt);
         double node_peak = pack_node(node, limit);
-        if (opt.refine != Refine::Local || slots_per_gpu != 2 || gpus_per_node < 2) {
+        if (opt.refine != Refine::Local || slots_per_gpu > kCountSearchSlots ||
+            slots_per_gpu < 2 || gpus_per_node < 2) {
             return node_peak;
         }
         s.trial_cnt.assign(mlogcnt, mlogcnt + experts_per_node);
-        if (!improve_pair_counts(s.mlog_load.data(), experts_per_node, s.trial_cnt.data(),
-                                 s.pairs)) {
+        if (!improve_counts(s.mlog_load.data(), experts_per_node, slots_per_gpu,
+                            s.trial_cnt.data(), s.pairs)) {
             return node_peak;
         }
         // Adams' counts are the baseline: the new counts are kept only if the packed node
