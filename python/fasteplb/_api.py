@@ -49,7 +49,7 @@ def rebalance_experts(
     refine, swap_rounds = _checks.options(refine, swap_rounds)
     threads = _checks.threads(num_threads)
     w = Weights(weight)
-    layers, experts = _checks.shape(w.array.shape)
+    layers, experts = _checks.shape(w.shape)
     sizes = _checks.plan(layers, experts, num_replicas, num_groups, num_nodes, num_gpus)
     return w.wrap(*_core.rebalance_experts(w.array, *sizes, refine, swap_rounds, threads))
 
@@ -75,7 +75,7 @@ def balanced_packing(
     refine, swap_rounds = _checks.options(refine, swap_rounds)
     threads = _checks.threads(num_threads)
     w = Weights(weight)
-    rows, n = _checks.shape(w.array.shape)
+    rows, n = _checks.shape(w.shape)
     num_packs = _checks.packing(rows, n, num_packs)
     return w.wrap(*_core.balanced_packing(w.array, num_packs, refine, swap_rounds, threads))
 
@@ -96,6 +96,6 @@ def replicate_experts(
     """
     threads = _checks.threads(num_threads)
     w = Weights(weight)
-    rows, n = _checks.shape(w.array.shape)
+    rows, n = _checks.shape(w.shape)
     num_phy = _checks.replication(rows, n, num_phy)
     return w.wrap(*_core.replicate_experts(w.array, num_phy, threads))

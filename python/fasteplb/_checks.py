@@ -56,6 +56,7 @@ def shape(shape: tuple[int, ...]) -> tuple[int, int]:
         raise ValueError(f"weight must not be empty, got shape {(rows, cols)}")
     if cols > MAX_EXPERTS:
         raise ValueError(f"weight has {cols} experts; at most {MAX_EXPERTS} are supported")
+    _elements("weight", rows, cols)
     return rows, cols
 
 

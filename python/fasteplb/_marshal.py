@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -14,29 +14,23 @@ def _torch() -> Any:
 
 
 class Weights:
-    """The caller's load tensor as a C-contiguous float64 numpy array, plus where it came from.
+    """The caller's load tensor, converted on first use of `array` to a C-contiguous float64
+    numpy array; `shape` is known before, so sizes are checked before anything is copied.
 
     `array`: [rows, cols] float64; `device`: the torch device, or None for numpy input.
     """
 
-    __slots__ = ("array", "device")
+    __slots__ = ("_array", "_source", "device", "shape")
 
     def __init__(self, weight: Any) -> None:
+        self._array: Optional[np.ndarray] = None
         torch = _torch()
         if torch is not None and isinstance(weight, torch.Tensor):
             if weight.is_complex() or weight.dtype == torch.bool:
                 raise TypeError(f"weight must have a real or integer dtype, got {weight.dtype}")
-            weight = weight.detach()
+            self._source = weight.detach()
             self.device = weight.device
-            if weight.device.type == "cpu" and weight.dtype == torch.float64 and (
-                weight.is_contiguous()
-            ):
-                self.array = weight.numpy()
-            else:
-                # A single copy does the device transfer, the dtype change and the re-layout.
-                host = torch.empty(tuple(weight.shape), dtype=torch.float64)
-                host.copy_(weight)
-                self.array = host.numpy()
+            self.shape = tuple(weight.shape)
             return
         if isinstance(weight, np.ndarray) and weight.dtype.kind in "iuf":
             arr = weight
@@ -47,8 +41,29 @@ class Weights:
                 raise TypeError(f"weight must be a tensor or array of numbers: {exc}") from None
         if arr.dtype.kind not in "iuf":
             raise TypeError(f"weight must have a real or integer dtype, got {arr.dtype}")
+        self._source = arr
         self.device = None
-        self.array = np.ascontiguousarray(arr, dtype=np.float64)
+        self.shape = arr.shape
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = self._convert()
+        return self._array
+
+    def _convert(self) -> np.ndarray:
+        source = self._source
+        if self.device is None:
+            return np.ascontiguousarray(source, dtype=np.float64)
+        torch = _torch()
+        if source.device.type == "cpu" and source.dtype == torch.float64 and (
+            source.is_contiguous()
+        ):
+            return source.numpy()
+        # A single copy does the device transfer, the dtype change and the re-layout.
+        host = torch.empty(tuple(source.shape), dtype=torch.float64)
+        host.copy_(source)
+        return host.numpy()
 
     def wrap(self, *outputs: np.ndarray) -> tuple[Any, ...]:
         """int64 numpy outputs -> numpy, or torch tensors on the input's device."""

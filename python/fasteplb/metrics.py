@@ -54,7 +54,7 @@ def _slots(phy2log: Any) -> np.ndarray:
 
 def _inputs(phy2log: Any, weight: Any, num_gpus: Any) -> tuple[Weights, np.ndarray, int]:
     w = Weights(weight)
-    _checks.shape(w.array.shape)
+    _checks.shape(w.shape)
     if not (np.isfinite(w.array).all() and (w.array >= 0).all()):
         raise ValueError("weight must be finite and non-negative")
     return w, _slots(phy2log), _checks.count("num_gpus", num_gpus)
@@ -138,7 +138,7 @@ def _plan_weights(
 ) -> tuple[Weights, tuple[int, int, int, int]]:
     """The weight and sizes, checked with rebalance_experts' rules."""
     w = Weights(weight)
-    layers, experts = _checks.shape(w.array.shape)
+    layers, experts = _checks.shape(w.shape)
     sizes = _checks.plan(layers, experts, num_replicas, num_groups, num_nodes, num_gpus)
     if not (np.isfinite(w.array).all() and (w.array >= 0).all()):
         raise ValueError("weight must be finite and non-negative")

@@ -194,7 +194,7 @@ def rebalance_experts(
 
     refine, swap_rounds = _checks.options(refine, swap_rounds, _MODES)
     wt = Weights(weight)
-    layers, experts = _checks.shape(wt.array.shape)
+    layers, experts = _checks.shape(wt.shape)
     num_replicas, num_groups, num_nodes, num_gpus = _checks.plan(
         layers, experts, num_replicas, num_groups, num_nodes, num_gpus
     )
@@ -225,7 +225,7 @@ def balanced_packing(
 
     refine, swap_rounds = _checks.options(refine, swap_rounds, _MODES)
     wt = Weights(weight)
-    rows, n = _checks.shape(wt.array.shape)
+    rows, n = _checks.shape(wt.shape)
     num_packs = _checks.packing(rows, n, num_packs)
     values = wt.array.tolist()
     _check_values(values)
@@ -238,7 +238,7 @@ def replicate_experts(weight: Any, num_phy: int) -> tuple[Any, Any, Any]:
     import numpy as np
 
     wt = Weights(weight)
-    rows, n = _checks.shape(wt.array.shape)
+    rows, n = _checks.shape(wt.shape)
     num_phy = _checks.replication(rows, n, num_phy)
     values = wt.array.tolist()
     _check_values(values)
