@@ -528,9 +528,10 @@ double max_load(const PackScratch& s) {
 }
 
 // refine="local": local search from the label-aware LPT. Refinement must never end above the
-// plain greedy's maximum, so when it does, it is retried from the plain greedy (repaired, then
-// searched with labels), and as a last resort run without labels.
-void refine_local(int64_t n, int64_t m, PackScratch& s) {
+// plain greedy's maximum, so when it does, it is retried from the plain greedy and from the
+// seed's swap plan (each repaired, then searched with labels), and as a last resort run
+// without labels.
+void refine_local(int64_t n, int64_t m, int rounds, PackScratch& s) {
     const int64_t c = n / m;
     if (s.label.empty()) {
         s.greedy_peak = max_load(s);
@@ -553,6 +554,12 @@ void refine_local(int64_t n, int64_t m, PackScratch& s) {
         s.load.swap(kept_load);
         return;
     }
+    local_search(s.weight.data(), m, c, s);
+    if (max_load(s) <= allowed) return;
+    // Another start: the seed's plan (plain LPT, then the max/min swaps), its replicas
+    // separated, then searched.
+    lpt(n, m, s, false);
+    swap_refine(s.weight.data(), m, c, rounds, s);
     local_search(s.weight.data(), m, c, s);
     if (max_load(s) <= allowed) return;
     // Keeping replicas apart costs balance here: plan without labels, then separate what can
@@ -586,7 +593,7 @@ double pack_sorted(int64_t n, int64_t m, Refine refine, int rounds, PackScratch&
         if (refine == Refine::Swap) {
             swap_refine(s.weight.data(), m, c, rounds, s);
         } else {
-            refine_local(n, m, s);
+            refine_local(n, m, rounds, s);
         }
     }
     const double* load = s.load.data();
@@ -1101,7 +1108,8 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
         s.kept_phyrank.assign(node_phyrank, node_phyrank + slots_per_node);
         std::copy(s.trial_cnt.begin(), s.trial_cnt.end(), mlogcnt);
         layout_counts(experts_per_node, mlogcnt, s.phy2mlog.data(), s.phyrank.data());
-        const double trial = pack_node(node, limit);
+        // "Never worse than the greedy" refers to DeepSeek's plan, with Adams' counts.
+        const double trial = pack_node(node, std::max(limit, greedy_peak));
         s.pack.greedy_peak = greedy_peak;
         if (trial < node_peak) return trial;
         std::copy(s.kept_cnt.begin(), s.kept_cnt.end(), mlogcnt);
