@@ -297,7 +297,7 @@ void separate_replicas(const double* w, int64_t m, int64_t c, PackScratch& s, do
 // pair maximum max(L_h - d, L_q + d) is smallest, i.e. d closest to half the gap. Packs are
 // visited in ascending load and the scan stops once (L_h + L_q) / 2, the best any swap with q
 // could reach, is no better than the best found. Each pack keeps its items sorted by weight,
-// so the partner of u is found by binary search around w_u - gap / 2. Swaps never put a
+// so partners are found by one forward sweep around w_u - gap / 2. Swaps never put a
 // second replica of a labelled expert into a pack. Stops when no swap lowers L_h, when the
 // maximum is within kBoundTolerance of the fixed-item lower bound, or after an iteration cap.
 // Each swap leaves both packs strictly below the old L_h, so the maximum never rises.
@@ -385,19 +385,14 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
             const double gap = load[h] - load[q];
             if (!(gap > 0.0)) break;
             const int64_t* qs = sorted + q * c;
+            const int64_t* hs = sorted + h * c;
+            // u by ascending weight: the target w_u - gap / 2 only grows, so the first item
+            // of q at or above it is found by a pointer that only moves forward.
+            int64_t lo = 0;
             for (int64_t ru = 0; ru < c; ++ru) {
-                const int64_t u = slot[h * c + ru];
+                const int64_t u = hs[ru];
                 const double target = w[u] - gap / 2.0;
-                // First item of q at or above the target, then outwards on both sides.
-                int64_t lo = 0, hi = c;
-                while (lo < hi) {
-                    const int64_t mid = (lo + hi) / 2;
-                    if (w[qs[mid]] < target) {
-                        lo = mid + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
+                while (lo < c && w[qs[lo]] < target) ++lo;
                 for (int side = 0; side < 2; ++side) {
                     for (int64_t j = side == 0 ? lo - 1 : lo; j >= 0 && j < c;
                          j += side == 0 ? -1 : 1) {
