@@ -25,7 +25,9 @@ struct Item {
     int64_t idx;
 };
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+// Function multiversioning needs ifunc support: glibc on x86-64 Linux.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && \
+    !defined(__SANITIZE_ADDRESS__)
 #define FASTEPLB_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define FASTEPLB_SIMD_CLONES
