@@ -6,6 +6,7 @@
 #include <functional>
 #include <limits>
 #include <stdexcept>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -1189,6 +1190,19 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
     }
 }
 
+// Starting a thread costs about as much as planning this many slots (~50 us here), so by
+// default small inputs get fewer threads than the hardware has.
+constexpr int64_t kSlotsPerThread = 4096;
+
+// opt.num_threads if set, else the hardware concurrency, at most one thread per
+// kSlotsPerThread slots of work.
+int threads_for(const Options& opt, int64_t rows, int64_t slots_per_row) {
+    if (opt.num_threads > 0) return opt.num_threads;
+    const int64_t hardware = std::max<int64_t>(1, std::thread::hardware_concurrency());
+    const int64_t work = rows * std::max<int64_t>(1, slots_per_row);
+    return static_cast<int>(std::min(hardware, 1 + work / kSlotsPerThread));
+}
+
 void check_options(const Options& opt) {
     require(opt.swap_rounds >= 0, "swap_rounds must be >= 0");
 }
@@ -1244,7 +1258,7 @@ void balanced_packing(const double* weight, int64_t rows, int64_t n, int64_t num
     require(n % num_packs == 0, "the number of items must be divisible by num_packs");
     check_weights(weight, rows, n, "weight");
     parallel_rows(
-        rows, opt.num_threads, [] { return PackScratch{}; },
+        rows, threads_for(opt, rows, n), [] { return PackScratch{}; },
         [&](PackScratch& s, int64_t r) {
             pack_one(weight + r * n, n, num_packs, opt.refine, opt.swap_rounds, s,
                      pack_index + r * n, rank_in_pack + r * n);
@@ -1258,7 +1272,7 @@ void replicate_experts(const double* weight, int64_t rows, int64_t num_log, int6
     require(num_phy >= num_log, "num_phy must be >= the number of experts");
     check_weights(weight, rows, num_log, "weight");
     parallel_rows(
-        rows, opt.num_threads, [] { return ReplicateScratch{}; },
+        rows, threads_for(opt, rows, num_phy), [] { return ReplicateScratch{}; },
         [&](ReplicateScratch& s, int64_t r) {
             const double* w = weight + r * num_log;
             s.experts.resize(static_cast<size_t>(num_log));
@@ -1284,12 +1298,13 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
     check_weights(weight, layers, experts, "weight");
     Shape sh{experts, num_replicas, num_groups, num_nodes, num_gpus};
     if (num_groups % num_nodes != 0) sh.groups = sh.nodes = 1;  // global policy
+    const int threads = threads_for(opt, layers, num_replicas);
     auto plan = [&](LayerScratch& s, int64_t l) {
         rebalance_layer(weight + l * experts, sh, opt, s, phy2log + l * num_replicas,
                         phyrank + l * num_replicas, logcnt + l * experts);
     };
     if (!alloc) {
-        parallel_rows(layers, opt.num_threads, [] { return LayerScratch{}; }, plan);
+        parallel_rows(layers, threads, [] { return LayerScratch{}; }, plan);
         return;
     }
     // log2phy's last dimension is the largest count over all layers, so it is allocated
@@ -1297,7 +1312,7 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
     int64_t* log2phy = nullptr;
     int64_t max_cnt = 0;
     parallel_two_pass(
-        layers, opt.num_threads, [] { return LayerScratch{}; }, plan,
+        layers, threads, [] { return LayerScratch{}; }, plan,
         [&] {
             max_cnt = layers > 0 ? *std::max_element(logcnt, logcnt + layers * experts) : 0;
             log2phy = alloc(max_cnt);

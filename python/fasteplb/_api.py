@@ -36,7 +36,8 @@ def rebalance_experts(
             ``"swap"`` (greedy, then the seed's max/min pair swaps) or ``"none"`` (DeepSeek's
             greedy exactly)
         swap_rounds: most swaps per packing call with ``refine="swap"``
-        num_threads: worker threads over layers (default: hardware concurrency)
+        num_threads: worker threads over layers (default: the hardware concurrency, fewer
+            for small inputs, where starting a thread costs more than it saves)
 
     Returns:
         phy2log: [layers, num_replicas], the logical expert held by each slot
