@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <stdexcept>
@@ -150,35 +151,23 @@ struct PackScratch {
     bool diverted = false;  // the last lpt() moved an item off the lightest open pack
 };
 
-// Index of the first smallest of x[0..n), n >= 1. Four interleaved running minima (each keeps
-// its first index on ties) shorten the dependency chain; merging them by (value, index)
-// restores the first-index rule.
+// Index of the first smallest of x[0..n), n >= 1, for x >= +0.0 (or +inf): such doubles
+// order like their bit patterns, so the minimum is an integer reduction the compiler can
+// vectorise, and a second pass finds its first occurrence.
+FASTEPLB_SIMD_CLONES
 int64_t first_min(const double* x, int64_t n) {
-    double v[4];
-    int64_t at[4];
-    const int64_t lanes = std::min<int64_t>(4, n);
-    for (int64_t k = 0; k < lanes; ++k) {
-        v[k] = x[k];
-        at[k] = k;
+    int64_t smallest = std::numeric_limits<int64_t>::max();
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t bits;
+        std::memcpy(&bits, x + i, sizeof bits);
+        smallest = bits < smallest ? bits : smallest;
     }
-    int64_t i = lanes;
-    for (; i + 4 <= n; i += 4) {
-        for (int64_t k = 0; k < 4; ++k) {
-            const bool less = x[i + k] < v[k];
-            v[k] = less ? x[i + k] : v[k];
-            at[k] = less ? i + k : at[k];
-        }
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t bits;
+        std::memcpy(&bits, x + i, sizeof bits);
+        if (bits == smallest) return i;
     }
-    for (int64_t k = 0; i < n; ++i, ++k) {
-        const bool less = x[i] < v[k];
-        v[k] = less ? x[i] : v[k];
-        at[k] = less ? i : at[k];
-    }
-    int64_t best = 0;
-    for (int64_t k = 1; k < lanes; ++k) {
-        if (v[k] < v[best] || (v[k] == v[best] && at[k] < at[best])) best = k;
-    }
-    return at[best];
+    return 0;
 }
 
 // The seed's refinement: take the heaviest and the lightest pack (ties: lower index) and swap
