@@ -27,6 +27,20 @@ struct Item {
     int64_t idx;
 };
 
+// Moves a[at], whose key just changed, to its place in the otherwise sorted a[0..n) (by
+// `less`), by adjacent swaps: the element usually moves only a few places.
+template <class T, class Less>
+void sift_into_place(T* a, int64_t n, int64_t at, Less less) {
+    while (at > 0 && less(a[at], a[at - 1])) {
+        std::swap(a[at], a[at - 1]);
+        --at;
+    }
+    while (at + 1 < n && less(a[at + 1], a[at])) {
+        std::swap(a[at], a[at + 1]);
+        ++at;
+    }
+}
+
 // Function multiversioning needs ifunc support: glibc on x86-64 Linux.
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && \
     !defined(__SANITIZE_ADDRESS__)
@@ -336,14 +350,7 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         int64_t i = 0;
         while (a[i] != out) ++i;
         a[i] = in;
-        while (i > 0 && lighter(a[i], a[i - 1])) {
-            std::swap(a[i], a[i - 1]);
-            --i;
-        }
-        while (i + 1 < c && lighter(a[i + 1], a[i])) {
-            std::swap(a[i], a[i + 1]);
-            ++i;
-        }
+        sift_into_place(a, c, i, lighter);
     };
     // Packs by ascending (load, index), kept sorted across iterations: a swap changes two
     // loads, which move by insertion.
@@ -678,15 +685,7 @@ void reorder(const double* w, const int64_t* cnt, std::vector<int64_t>& order, i
         const double qx = per_replica(w, cnt, x), qy = per_replica(w, cnt, y);
         return qx > qy || (qx == qy && x < y);
     };
-    const int64_t n = static_cast<int64_t>(order.size());
-    while (at > 0 && before(order[at], order[at - 1])) {
-        std::swap(order[at], order[at - 1]);
-        --at;
-    }
-    while (at + 1 < n && before(order[at + 1], order[at])) {
-        std::swap(order[at], order[at + 1]);
-        ++at;
-    }
+    sift_into_place(order.data(), static_cast<int64_t>(order.size()), at, before);
 }
 
 // The heaviest pair when the i-th heaviest replica is paired with the i-th lightest, walking
