@@ -1,11 +1,13 @@
 // pybind11 glue: numpy buffers in, numpy buffers out. No algorithm logic lives here.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -47,10 +49,22 @@ Ints new_ints(int64_t rows, int64_t cols) {
 
 py::tuple rebalance_experts(const Weights& weight, int64_t num_replicas, int64_t num_groups,
                             int64_t num_nodes, int64_t num_gpus, const std::string& refine,
-                            int swap_rounds, int num_threads) {
+                            int swap_rounds, int num_threads,
+                            const std::optional<Ints>& old_phy2log, int64_t max_moves,
+                            double min_gain) {
     require_2d(weight);
     const fasteplb::Options opt = make_options(refine, swap_rounds, num_threads);
     const int64_t layers = weight.shape(0), experts = weight.shape(1);
+    fasteplb::Migration mig;
+    if (old_phy2log) {
+        if (old_phy2log->ndim() != 2 || old_phy2log->shape(0) != layers ||
+            old_phy2log->shape(1) != num_replicas) {
+            throw std::invalid_argument("old_phy2log must have shape [layers, num_replicas]");
+        }
+        mig.old_phy2log = old_phy2log->data();
+        mig.max_moves = max_moves;
+        mig.min_gain = min_gain;
+    }
     Ints phy2log = new_ints(layers, num_replicas);
     Ints logcnt = new_ints(layers, experts);
     std::vector<int64_t> phyrank(static_cast<size_t>(layers * num_replicas));
@@ -73,7 +87,8 @@ py::tuple rebalance_experts(const Weights& weight, int64_t num_replicas, int64_t
                 log2phy.reset(new int64_t[static_cast<size_t>(std::max<int64_t>(
                     layers * experts * r, 1))]);
                 return log2phy.get();
-            });
+            },
+            mig);
     }
     int64_t* raw = log2phy.release();
     py::capsule owner(raw, [](void* p) { delete[] static_cast<int64_t*>(p); });
@@ -124,7 +139,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("rebalance_experts", &rebalance_experts, py::arg("weight").noconvert(),
           py::arg("num_replicas"), py::arg("num_groups"), py::arg("num_nodes"),
           py::arg("num_gpus"), py::arg("refine") = "local", py::arg("swap_rounds") = 20,
-          py::arg("num_threads") = 0,
+          py::arg("num_threads") = 0, py::arg("old_phy2log").noconvert() = py::none(),
+          py::arg("max_moves") = -1, py::arg("min_gain") = 0.0,
           "weight: float64 [layers, experts] -> (phy2log [layers, P], log2phy [layers, E, R], "
           "logcnt [layers, E]), all int64");
     m.def("balanced_packing", &balanced_packing, py::arg("weight").noconvert(),

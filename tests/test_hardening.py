@@ -330,6 +330,35 @@ def cases(draw: Any) -> Case:
     if fn == "rebalance":
         args = draw(_plan_sizes(experts, arbitrary))
         steps.append(lambda: _checks.plan(layers, experts, *args))
+        # Half the plans start from a current placement (migration), some of them bad.
+        start = draw(st.sampled_from(["none", "none", "valid", "valid", "valid", "bad-shape",
+                                      "bad-id", "missing", "swap"]))
+        if start == "swap" and fault.startswith("refine"):
+            start = "valid"  # the refine fault is the error under test
+        if start != "none":
+            P = args[0]
+            rng = np.random.default_rng(seed)
+            if isinstance(P, int) and experts <= P <= _checks.MAX_REPLICAS // 4 and layers * P < 2**22:
+                old = np.concatenate([np.tile(np.arange(experts), (layers, 1)),
+                                      rng.integers(0, experts, (layers, P - experts))], axis=1)
+                old = rng.permuted(old, axis=1)
+            else:
+                old = np.zeros((layers, 1), dtype=np.int64)
+                start = "bad-shape"
+            if start == "bad-shape":
+                old = old[:, :-1]
+            elif start == "bad-id":
+                old[0, 0] = experts
+            elif start == "missing":
+                old[old == 0] = min(1, experts - 1)
+            kwargs["old_phy2log"] = old
+            kwargs["max_moves"] = draw(st.sampled_from([None, 0, 1, 3, 10**18]))
+            kwargs["min_gain"] = draw(st.sampled_from([None, 0.0, 0.05]))
+            if start == "swap":
+                kwargs["refine"] = "swap"
+            mig_error = start in ("bad-shape", "swap") or (start == "missing" and experts > 1)
+            if mig_error:
+                steps.append(lambda: (_ for _ in ()).throw(ValueError("old_phy2log")))
     elif fn == "packing":
         if not arbitrary:
             args = (draw(st.sampled_from(_divisors(experts))),)
@@ -392,6 +421,11 @@ def _run_case(case: Case) -> None:
     event(f"call: {case.fn}")
     for part in case.label.split():
         event(part)
+    old = case.kwargs.get("old_phy2log")
+    if old is not None and case.expect == "ok" and error is not None:
+        # Expert ids are checked by the core after the loads: a bad id with good loads.
+        assert isinstance(error, ValueError) and "old_phy2log" in str(error), repr(error)
+        return
     if case.expect == "either":
         assert outcome in ("ok", "ValueError"), (case.expect, error)
     else:
@@ -403,7 +437,15 @@ def _run_case(case: Case) -> None:
     torch_in = isinstance(case.weight, torch.Tensor)
     for o in out:
         assert isinstance(o, torch.Tensor) if torch_in else type(o) is np.ndarray
-    _CHECKS[case.fn](case.w64, *out, *case.args)
+    if old is None:
+        _CHECKS[case.fn](case.w64, *out, *case.args)
+        return
+    # From an old placement the plan may keep a layout that ignores the groups.
+    P, _, _, G = case.args
+    check_plan_full(case.w64, *out, P, 1, 1, G)
+    cap = case.kwargs["max_moves"]
+    if cap is not None:
+        assert fasteplb.moves(old, to_numpy(out[0]), G).max() <= cap
 
 
 @fuzz(max_examples=150)

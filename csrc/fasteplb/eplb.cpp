@@ -144,6 +144,17 @@ struct PackNode {
     int64_t idx;
 };
 
+// One local-search swap: item u left pack h for pack q, item v went the other way; peak: the
+// largest pack load after it.
+struct SwapRecord {
+    int64_t h, u, q, v;
+    double peak;
+};
+
+// Migration keeps only the swaps needed to come within this fraction of the best maximum
+// its local search reaches.
+constexpr double kRollback = 1e-3;
+
 struct PackScratch {
     std::vector<Item> order, sort_buffer;
     std::vector<float> sort_key;
@@ -163,7 +174,40 @@ struct PackScratch {
     double limit = 0.0;
     double greedy_peak = 0.0;
     bool diverted = false;  // the last lpt() moved an item off the lightest open pack
+    // Migration: old_slot[q * c + r] is the expert pack q held at rank r in the old plan (-1:
+    // none), expert_of[item] each item's expert. Swaps then count the copies they add (moves)
+    // and stay within move_budget (< 0: no cap). nullptr: no migration; lpt() resets it.
+    const int64_t* old_slot = nullptr;
+    std::vector<int64_t> expert_of;
+    int64_t move_budget = -1, moves = 0;
+    // Local search stops this close (relative) to max(its lower bound, floor); floor: a load
+    // the caller cannot get below anyway (migration: the layer's busiest node mean).
+    double tolerance = 1e-4, floor = 0.0;
+    std::vector<SwapRecord> swap_log;  // migration: the swaps made, to undo the least useful
 };
+
+// Copies that swapping item u (pack h) with item v (pack q) adds, minus those it saves: a pack
+// gains a copy when it starts holding an expert it held neither now nor in the old plan.
+int64_t swap_moves(const PackScratch& s, int64_t c, int64_t h, int64_t u, int64_t q, int64_t v) {
+    const int64_t* expert = s.expert_of.data();
+    const int64_t eu = expert[u], ev = expert[v];
+    if (eu == ev) return 0;
+    auto fresh = [&](int64_t p, int64_t e, int64_t except) {  // pack p without `except`
+        for (int64_t r = 0; r < c; ++r) {
+            const int64_t item = s.slot[p * c + r];
+            if ((item != except && expert[item] == e) || s.old_slot[p * c + r] == e) {
+                return false;
+            }
+        }
+        return true;
+    };
+    return fresh(h, ev, u) - fresh(h, eu, u) + fresh(q, eu, v) - fresh(q, ev, v);
+}
+
+// Whether a swap adding `delta` copies fits the migration budget (always without migration).
+bool affordable(const PackScratch& s, int64_t delta) {
+    return s.old_slot == nullptr || s.move_budget < 0 || s.moves + delta <= s.move_budget;
+}
 
 // Index of the first smallest of x[0..n), n >= 1, for x >= +0.0 (or +inf): such doubles
 // order like their bit patterns, so the minimum is an integer reduction the compiler can
@@ -247,8 +291,6 @@ void merge_items(const Item* a, int64_t na, const Item* b, int64_t nb, Item* out
     while (j < nb) out[k++] = b[j++];
 }
 
-// Relative distance to the lower bound at which local search stops.
-constexpr double kBoundTolerance = 1e-4;
 
 // LPT places a replica next to another replica of its expert only when every open pack
 // already holds one. Repairs that where possible: swap the extra copy u (pack p) with an item v
@@ -280,7 +322,8 @@ void separate_replicas(const double* w, int64_t m, int64_t c, PackScratch& s, do
                     if (label[v] >= 0 && count_in(p, label[v], u) > 0) continue;
                     const double d = w[u] - w[v];
                     const double pair = std::max(load[p] - d, load[q] + d);
-                    if (pair < best) {
+                    if (pair < best && (s.old_slot == nullptr ||
+                                        affordable(s, swap_moves(s, c, p, u, q, v)))) {
                         best = pair;
                         best_q = q;
                         best_rv = rv;
@@ -289,6 +332,7 @@ void separate_replicas(const double* w, int64_t m, int64_t c, PackScratch& s, do
             }
             if (best_q < 0 || !(best <= limit)) continue;
             const int64_t v = slot[best_q * c + best_rv];
+            if (s.old_slot != nullptr) s.moves += swap_moves(s, c, p, u, best_q, v);
             const double d = w[u] - w[v];
             slot[p * c + ru] = v;
             slot[best_q * c + best_rv] = u;
@@ -305,7 +349,7 @@ void separate_replicas(const double* w, int64_t m, int64_t c, PackScratch& s, do
 // could reach, is no better than the best found. Each pack keeps its items sorted by weight,
 // so partners are found by one forward sweep around w_u - gap / 2. Swaps never put a
 // second replica of a labelled expert into a pack. Stops when no swap lowers L_h, when the
-// maximum is within kBoundTolerance of the fixed-item lower bound, or after an iteration cap.
+// maximum is within s.tolerance of the fixed-item lower bound, or after an iteration cap.
 // Each swap leaves both packs strictly below the old L_h, so the maximum never rises.
 void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
     double* load = s.load.data();
@@ -372,9 +416,11 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         visit[place] = pack;
     };
     const int64_t cap = std::max<int64_t>(32, 4 * m);
+    s.swap_log.clear();
+    const double start_peak = load[visit[m - 1]];
     for (int64_t iter = 0; iter < cap; ++iter) {
         const int64_t h = visit[m - 1];  // the heaviest pack (ties: the higher index)
-        if (load[h] <= bound * (1.0 + kBoundTolerance)) return;
+        if (load[h] <= std::max(bound, s.floor) * (1.0 + s.tolerance)) break;
         double best = load[h];  // the pair maximum to beat
         int64_t best_u = -1, best_v = -1, best_q = -1, best_k = -1;
         for (int64_t k = 0; k < m; ++k) {
@@ -404,6 +450,9 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
                                                  holds_other(h, label[v], u))) {
                             continue;
                         }
+                        if (s.old_slot != nullptr && !affordable(s, swap_moves(s, c, h, u, q, v))) {
+                            continue;
+                        }
                         best = pair;
                         best_u = u;
                         best_v = v;
@@ -414,8 +463,9 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
                 }
             }
         }
-        if (best_u < 0) return;
+        if (best_u < 0) break;
         const int64_t q = best_q;
+        if (s.old_slot != nullptr) s.moves += swap_moves(s, c, h, best_u, q, best_v);
         const double d = w[best_u] - w[best_v];
         for (int64_t r = 0; r < c; ++r) {
             if (slot[h * c + r] == best_u) slot[h * c + r] = best_v;
@@ -429,6 +479,27 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         int64_t at = m - 1;
         while (visit[at] != h) --at;
         reposition(at);
+        if (s.old_slot != nullptr) s.swap_log.push_back(SwapRecord{h, best_u, q, best_v, load[visit[m - 1]]});
+    }
+    if (s.old_slot == nullptr || s.swap_log.empty()) return;
+    // Migration: the last swaps often buy little balance for their copies. Keep the shortest
+    // prefix of the swaps that ends within kRollback of the final maximum; undo the rest.
+    const double enough = s.swap_log.back().peak * (1.0 + kRollback);
+    size_t keep = 0;
+    if (!(start_peak <= enough)) {
+        while (!(s.swap_log[keep].peak <= enough)) ++keep;
+        ++keep;
+    }
+    for (size_t i = s.swap_log.size(); i-- > keep;) {
+        const SwapRecord& r = s.swap_log[i];  // u went h -> q, v went q -> h
+        s.moves += swap_moves(s, c, r.q, r.u, r.h, r.v);
+        for (int64_t k = 0; k < c; ++k) {
+            if (slot[r.q * c + k] == r.u) slot[r.q * c + k] = r.v;
+            if (slot[r.h * c + k] == r.v) slot[r.h * c + k] = r.u;
+        }
+        const double d = w[r.u] - w[r.v];
+        load[r.h] += d;
+        load[r.q] -= d;
     }
 }
 
@@ -454,6 +525,7 @@ double pack_one(const double* w, int64_t n, int64_t m, Refine refine, int rounds
 // with `use_labels`, an item avoids packs that already hold its label when it can.
 void lpt(int64_t n, int64_t m, PackScratch& s, bool use_labels) {
     const int64_t c = n / m;
+    s.old_slot = nullptr;
     s.diverted = false;
     s.load.assign(static_cast<size_t>(m), 0.0);
     s.count.assign(static_cast<size_t>(m), 0);
@@ -955,6 +1027,20 @@ void exact_partition(const double* w, int64_t k, int64_t nodes, double upper,
     }
 }
 
+// Relative distance to the lower bound at which local search stops: fresh plans, and plans
+// from an old placement, where each further swap costs weight copies.
+constexpr double kBoundTolerance = 1e-4;
+constexpr double kMigrationTolerance = 1e-4;
+
+// Scratch of migrate_node.
+struct MigrateScratch {
+    std::vector<int64_t> cur, cnt, kept, by_expert, start, stamp, free_count, need, out;
+    std::vector<double> gpu_load, item_w;
+    std::vector<Item> fresh;
+    std::vector<PackNode> heap;
+    std::vector<Quotient> receivers, donors;
+};
+
 struct LayerScratch {
     PackScratch pack;
     std::vector<Quotient> quotients;
@@ -967,6 +1053,9 @@ struct LayerScratch {
     PartitionScratch partition;
     PairScratch pairs;
     std::vector<int64_t> trial_cnt, kept_cnt, kept_phy2log, kept_phyrank;
+    // Migration.
+    MigrateScratch migrate;
+    std::vector<int64_t> old_cnt, node_old, node_out, overlap, pairs_order, node_fill, rename;
 };
 
 struct ReplicateScratch {
@@ -1178,6 +1267,524 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Migration-aware planning: a layer re-planned from its current placement.
+
+
+// Copies the new slots add over the old ones, GPU by GPU (distinct experts new to a GPU).
+// stamp: scratch of one entry per expert.
+int64_t count_moves(const int64_t* old_slots, const int64_t* new_slots, int64_t gpus, int64_t k,
+                    std::vector<int64_t>& stamp, int64_t experts) {
+    stamp.assign(static_cast<size_t>(experts), -1);
+    int64_t moves = 0;
+    for (int64_t g = 0; g < gpus; ++g) {
+        // stamp[e] == 2g: held before; 2g + 1: already counted on this GPU.
+        for (int64_t r = 0; r < k; ++r) {
+            if (old_slots[g * k + r] >= 0) stamp[old_slots[g * k + r]] = 2 * g;
+        }
+        for (int64_t r = 0; r < k; ++r) {
+            const int64_t e = new_slots[g * k + r];
+            if (stamp[e] == 2 * g || stamp[e] == 2 * g + 1) continue;
+            stamp[e] = 2 * g + 1;
+            ++moves;
+        }
+    }
+    return moves;
+}
+
+// Plans one node of `gpus` GPUs x k slots from its old contents.
+//   w: [n] loads of the node's experts; target: [n] replica counts to move towards;
+//   old: [gpus * k] the expert each slot held (-1: none of this node's); out: [gpus * k];
+//   cnt: [n] the counts used (outputs).
+// Counts move from the old ones towards `target` one replica at a time (the expert with the
+// largest load per replica gains, the one whose replicas grow least gives), each such step
+// costing one copy; `budget` (< 0: none) caps copies in all. Surplus replicas are freed on the
+// busiest GPUs (co-located copies first), new ones go by LPT into the freed slots, then the
+// local search runs with what is left of the budget. Returns the node's largest GPU load and
+// adds its moves to `moves`; returns -1 when the budget cannot even place the experts the
+// node lacks.
+double migrate_node(const double* w, int64_t n, const int64_t* target, const int64_t* old,
+                    int64_t gpus, int64_t k, const Options& opt, int64_t budget, double floor,
+                    MigrateScratch& m, PackScratch& s, int64_t* out, int64_t* cnt,
+                    int64_t& moves) {
+    const int64_t slots = gpus * k;
+    m.cur.assign(static_cast<size_t>(n), 0);
+    int64_t pool = 0;  // slots holding no expert of this node
+    for (int64_t i = 0; i < slots; ++i) old[i] >= 0 ? ++m.cur[old[i]] : ++pool;
+    std::copy(m.cur.begin(), m.cur.end(), cnt);
+
+    // Receivers by (missing first, then load per replica desc, index), donors by load per
+    // replica after giving one up, ascending; both heaps hold stale entries, skipped on pop.
+    auto recv_key = [&](int64_t e) {
+        return cnt[e] == 0 ? std::numeric_limits<double>::infinity()
+                           : w[e] / static_cast<double>(cnt[e]);
+    };
+    auto give_key = [&](int64_t e) { return w[e] / static_cast<double>(cnt[e] - 1); };
+    m.receivers.clear();
+    m.donors.clear();
+    for (int64_t e = 0; e < n; ++e) {
+        if (cnt[e] < target[e]) m.receivers.push_back(Quotient{recv_key(e), e});
+        if (cnt[e] > target[e]) m.donors.push_back(Quotient{-give_key(e), e});
+    }
+    std::make_heap(m.receivers.begin(), m.receivers.end(), SmallerQuotient{});
+    std::make_heap(m.donors.begin(), m.donors.end(), SmallerQuotient{});
+    auto pop = [](std::vector<Quotient>& heap, auto valid) {
+        while (!heap.empty()) {
+            std::pop_heap(heap.begin(), heap.end(), SmallerQuotient{});
+            const Quotient top = heap.back();
+            heap.pop_back();
+            if (valid(top)) return top.e;
+        }
+        return int64_t{-1};
+    };
+    auto push = [](std::vector<Quotient>& heap, Quotient q) {
+        heap.push_back(q);
+        std::push_heap(heap.begin(), heap.end(), SmallerQuotient{});
+    };
+    auto take_receiver = [&] {
+        return pop(m.receivers,
+                   [&](const Quotient& q) { return cnt[q.e] < target[q.e] && q.q == recv_key(q.e); });
+    };
+    int64_t steps = 0;
+    for (;;) {
+        if (pool == 0 && budget >= 0 && steps >= budget) break;
+        const int64_t e = take_receiver();
+        if (e < 0) break;  // counts reached the target
+        if (pool > 0) {
+            --pool;
+        } else {
+            const int64_t d = pop(m.donors, [&](const Quotient& q) {
+                return cnt[q.e] > target[q.e] && q.q == -give_key(q.e);
+            });
+            if (d < 0) break;
+            --cnt[d];
+            if (cnt[d] > target[d]) push(m.donors, Quotient{-give_key(d), d});
+        }
+        ++cnt[e];
+        ++steps;
+        if (cnt[e] < target[e]) push(m.receivers, Quotient{recv_key(e), e});
+    }
+    if (pool > 0) return -1.0;
+    for (int64_t e = 0; e < n; ++e) {
+        if (cnt[e] == 0) return -1.0;
+    }
+
+    // Per-GPU loads of the old contents at the new loads per replica, then free each
+    // shrinking expert's surplus: copies sharing a GPU with another copy first, then those on
+    // the busiest GPUs (ties: lower slot).
+    auto item_load = [&](int64_t e) { return w[e] / static_cast<double>(cnt[e]); };
+    m.gpu_load.assign(static_cast<size_t>(gpus), 0.0);
+    for (int64_t i = 0; i < slots; ++i) {
+        if (old[i] >= 0) m.gpu_load[i / k] += item_load(old[i]);
+    }
+    // Slots by expert (counting sort), ascending within each expert.
+    m.start.assign(static_cast<size_t>(n + 1), 0);
+    for (int64_t i = 0; i < slots; ++i) {
+        if (old[i] >= 0) ++m.start[old[i] + 1];
+    }
+    for (int64_t e = 0; e < n; ++e) m.start[e + 1] += m.start[e];
+    m.by_expert.resize(static_cast<size_t>(slots));
+    m.need.assign(m.start.begin(), m.start.end() - 1);  // fill pointers
+    for (int64_t i = 0; i < slots; ++i) {
+        if (old[i] >= 0) m.by_expert[m.need[old[i]]++] = i;
+    }
+    int64_t* slot_of = out;  // out doubles as the working slot -> expert map
+    std::copy(old, old + slots, slot_of);
+    for (int64_t e = 0; e < n; ++e) {
+        const int64_t surplus = m.cur[e] - cnt[e];
+        if (surplus <= 0) continue;
+        int64_t* first = m.by_expert.data() + m.start[e];
+        int64_t* last = m.by_expert.data() + m.start[e + 1];
+        // Co-located: a slot whose GPU already showed a copy at a lower slot.
+        m.kept.clear();
+        for (int64_t* p = first; p != last; ++p) {
+            const bool dup = p != first && *(p - 1) / k == *p / k;
+            m.kept.push_back(dup ? 1 : 0);
+        }
+        std::vector<std::pair<int64_t, int64_t>> order;  // (position, slot)
+        order.reserve(static_cast<size_t>(last - first));
+        for (int64_t j = 0; j < last - first; ++j) order.emplace_back(j, first[j]);
+        std::sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
+            if (m.kept[a.first] != m.kept[b.first]) return m.kept[a.first] > m.kept[b.first];
+            const double la = m.gpu_load[a.second / k], lb = m.gpu_load[b.second / k];
+            return la > lb || (la == lb && a.second < b.second);
+        });
+        for (int64_t j = 0; j < surplus; ++j) {
+            const int64_t i = order[j].second;
+            slot_of[i] = -1;
+            m.gpu_load[i / k] -= item_load(e);
+        }
+    }
+    // New replicas by (load desc, expert asc), each to the lightest GPU with a free slot
+    // (ties: lower GPU) that does not hold its expert, if there is one.
+    m.fresh.clear();
+    m.free_count.assign(static_cast<size_t>(gpus), 0);
+    for (int64_t i = 0; i < slots; ++i) {
+        if (slot_of[i] < 0) ++m.free_count[i / k];
+    }
+    {
+        m.kept.assign(static_cast<size_t>(n), 0);  // copies each expert still holds
+        for (int64_t i = 0; i < slots; ++i) {
+            if (slot_of[i] >= 0) ++m.kept[slot_of[i]];
+        }
+        for (int64_t e = 0; e < n; ++e) {
+            for (int64_t r = m.kept[e]; r < cnt[e]; ++r) m.fresh.push_back(Item{item_load(e), e});
+        }
+        std::sort(m.fresh.begin(), m.fresh.end(), [](const Item& a, const Item& b) {
+            return a.w > b.w || (a.w == b.w && a.idx < b.idx);
+        });
+    }
+    // Min-heap of GPUs with free slots by (load, index).
+    auto heavier = [](const PackNode& a, const PackNode& b) {
+        return a.key > b.key || (a.key == b.key && a.idx > b.idx);
+    };
+    m.heap.clear();
+    for (int64_t g = 0; g < gpus; ++g) {
+        if (m.free_count[g] > 0) m.heap.push_back(PackNode{m.gpu_load[g], g});
+    }
+    std::make_heap(m.heap.begin(), m.heap.end(), heavier);
+    const bool apart = opt.refine == Refine::Local;
+    auto holds = [&](int64_t g, int64_t e) {
+        for (int64_t r = 0; r < k; ++r) {
+            if (slot_of[g * k + r] == e) return true;
+        }
+        return false;
+    };
+    std::vector<PackNode> passed;
+    for (const Item& it : m.fresh) {
+        passed.clear();
+        PackNode pick = m.heap.front();
+        if (apart && cnt[it.idx] <= gpus) {
+            // Skip GPUs holding the expert; keep the lightest as the fallback.
+            while (!m.heap.empty() && holds(m.heap.front().idx, it.idx)) {
+                std::pop_heap(m.heap.begin(), m.heap.end(), heavier);
+                passed.push_back(m.heap.back());
+                m.heap.pop_back();
+            }
+            pick = m.heap.empty() ? passed.front() : m.heap.front();
+        }
+        const bool from_heap = !m.heap.empty() && m.heap.front().idx == pick.idx;
+        if (from_heap) {
+            std::pop_heap(m.heap.begin(), m.heap.end(), heavier);
+            m.heap.pop_back();
+        } else {
+            passed.erase(passed.begin());
+        }
+        const int64_t g = pick.idx;
+        int64_t r = 0;
+        while (slot_of[g * k + r] >= 0) ++r;
+        slot_of[g * k + r] = it.idx;
+        m.gpu_load[g] += it.w;
+        for (const PackNode& p : passed) {
+            m.heap.push_back(p);
+            std::push_heap(m.heap.begin(), m.heap.end(), heavier);
+        }
+        if (--m.free_count[g] > 0) {
+            m.heap.push_back(PackNode{m.gpu_load[g], g});
+            std::push_heap(m.heap.begin(), m.heap.end(), heavier);
+        }
+    }
+
+    // Local search over the slots: item i is slot i, pack q holds items [q k, (q + 1) k).
+    m.item_w.resize(static_cast<size_t>(slots));
+    s.slot.resize(static_cast<size_t>(slots));
+    s.expert_of.resize(static_cast<size_t>(slots));
+    s.order.resize(static_cast<size_t>(slots));
+    s.load.assign(static_cast<size_t>(gpus), 0.0);
+    for (int64_t i = 0; i < slots; ++i) {
+        const int64_t e = slot_of[i];
+        m.item_w[i] = item_load(e);
+        s.slot[i] = i;
+        s.expert_of[i] = e;
+        s.order[i] = Item{m.item_w[i], i};
+        s.load[i / k] += m.item_w[i];
+    }
+    s.label.clear();
+    if (apart) {
+        s.label.resize(static_cast<size_t>(slots));
+        for (int64_t i = 0; i < slots; ++i) {
+            const int64_t e = slot_of[i];
+            s.label[i] = cnt[e] > 1 && cnt[e] <= gpus ? e : -1;
+        }
+    }
+    const int64_t placed = count_moves(old, slot_of, gpus, k, m.stamp, n);
+    if (opt.refine != Refine::None && gpus > 1) {
+        sort_items(s.order, s.sort_buffer, s.sort_key, s.sort_rank, s.sort_seen);
+        s.old_slot = old;
+        s.move_budget = budget < 0 ? -1 : std::max<int64_t>(0, budget - placed);
+        s.moves = 0;
+        s.tolerance = kMigrationTolerance;
+        s.floor = floor;
+        local_search(m.item_w.data(), gpus, k, s);
+        s.tolerance = kBoundTolerance;
+        s.floor = 0.0;
+        s.old_slot = nullptr;
+    }
+    // Experts that stay on a GPU keep their old slot there; the rest fill the free slots in
+    // the order the search left them.
+    m.need.assign(static_cast<size_t>(n), 0);
+    m.out.resize(static_cast<size_t>(slots));
+    double peak = 0.0;
+    for (int64_t g = 0; g < gpus; ++g) {
+        peak = std::max(peak, s.load[g]);
+        const int64_t* items = s.slot.data() + g * k;
+        int64_t* dst = m.out.data() + g * k;
+        for (int64_t r = 0; r < k; ++r) ++m.need[s.expert_of[items[r]]];
+        for (int64_t r = 0; r < k; ++r) {
+            const int64_t e = old[g * k + r];
+            dst[r] = e >= 0 && m.need[e] > 0 ? e : -1;
+            if (dst[r] >= 0) --m.need[e];
+        }
+        int64_t r = 0;
+        for (int64_t j = 0; j < k; ++j) {
+            const int64_t e = s.expert_of[items[j]];
+            if (m.need[e] == 0) continue;
+            --m.need[e];
+            while (dst[r] >= 0) ++r;
+            dst[r] = e;
+        }
+    }
+    std::copy(m.out.begin(), m.out.end(), out);
+    moves += count_moves(old, out, gpus, k, m.stamp, n);
+    return peak;
+}
+
+// A groups -> nodes split must lower the largest node load by more than this fraction before
+// migration gives up the old split (moving a group re-copies all of its experts).
+constexpr double kSplitGain = 2e-3;
+
+// Largest GPU load of placement phy2log[P] under loads w, each expert's load split evenly over
+// its replicas there; cnt: [E] its counts (output).
+double placement_peak(const double* w, const int64_t* phy2log, int64_t experts, int64_t P,
+                      int64_t gpus, std::vector<int64_t>& cnt) {
+    cnt.assign(static_cast<size_t>(experts), 0);
+    for (int64_t p = 0; p < P; ++p) ++cnt[phy2log[p]];
+    const int64_t k = P / gpus;
+    double peak = 0.0;
+    for (int64_t g = 0; g < gpus; ++g) {
+        double load = 0.0;
+        for (int64_t r = 0; r < k; ++r) {
+            const int64_t e = phy2log[g * k + r];
+            load += w[e] / static_cast<double>(cnt[e]);
+        }
+        peak = std::max(peak, load);
+    }
+    return peak;
+}
+
+// Groups -> nodes split that keeps most of the old placement in place: groups take nodes by
+// descending number of their replicas already there (ties: lower group, lower node), at most
+// groups / nodes groups per node. pack / rank: [groups] (outputs).
+void old_split(const int64_t* old, const Shape& sh, LayerScratch& s, int64_t* pack,
+               int64_t* rank) {
+    const int64_t G = sh.groups, N = sh.nodes, group_size = sh.experts / G;
+    const int64_t slots_per_node = sh.replicas / N;
+    s.overlap.assign(static_cast<size_t>(G * N), 0);
+    for (int64_t p = 0; p < sh.replicas; ++p) ++s.overlap[old[p] / group_size * N + p / slots_per_node];
+    s.pairs_order.resize(static_cast<size_t>(G * N));
+    for (int64_t i = 0; i < G * N; ++i) s.pairs_order[i] = i;
+    std::stable_sort(s.pairs_order.begin(), s.pairs_order.end(), [&](int64_t a, int64_t b) {
+        return s.overlap[a] > s.overlap[b];
+    });
+    std::fill(pack, pack + G, int64_t{-1});
+    s.node_fill.assign(static_cast<size_t>(N), 0);
+    for (const int64_t i : s.pairs_order) {
+        const int64_t g = i / N, node = i % N;
+        if (pack[g] >= 0 || s.node_fill[node] == G / N) continue;
+        pack[g] = node;
+        rank[g] = s.node_fill[node]++;
+    }
+}
+
+// Renames the nodes of split (pack, rank) so that it shares the most groups with split `ref`
+// (node pairs by descending shared groups, ties lower ids).
+void align_split(const int64_t* ref, const Shape& sh, LayerScratch& s, int64_t* pack) {
+    const int64_t N = sh.nodes;
+    s.overlap.assign(static_cast<size_t>(N * N), 0);
+    for (int64_t g = 0; g < sh.groups; ++g) ++s.overlap[pack[g] * N + ref[g]];
+    s.pairs_order.resize(static_cast<size_t>(N * N));
+    for (int64_t i = 0; i < N * N; ++i) s.pairs_order[i] = i;
+    std::stable_sort(s.pairs_order.begin(), s.pairs_order.end(), [&](int64_t a, int64_t b) {
+        return s.overlap[a] > s.overlap[b];
+    });
+    s.rename.assign(static_cast<size_t>(N), -1);
+    s.node_fill.assign(static_cast<size_t>(N), 0);  // 1: name taken
+    for (const int64_t i : s.pairs_order) {
+        const int64_t from = i / N, to = i % N;
+        if (s.rename[from] >= 0 || s.node_fill[to] != 0) continue;
+        s.rename[from] = to;
+        s.node_fill[to] = 1;
+    }
+    for (int64_t g = 0; g < sh.groups; ++g) pack[g] = s.rename[pack[g]];
+}
+
+// Plans a layer from its old placement for one groups -> nodes split: each node's experts
+// replicated with Adams' counts as the target, then migrate_node on the node's GPUs. The
+// layer's budget is shared out node by node: each node first gets the copies it cannot avoid
+// (its slots holding other nodes' experts), then an even share of the rest, and leaves what it
+// does not use to the nodes after it. Returns the largest GPU load, or -1 when the budget is
+// too small for this split; adds the copies to `moves`.
+double migrate_split(const double* w, const int64_t* old, const Shape& sh, const Options& opt,
+                     int64_t budget, LayerScratch& s, const int64_t* group_pack,
+                     const int64_t* group_rank, int64_t* out_phy2log, int64_t* out_logcnt,
+                     int64_t& moves) {
+    const int64_t E = sh.experts, N = sh.nodes;
+    const int64_t group_size = E / sh.groups, groups_per_node = sh.groups / N;
+    const int64_t experts_per_node = E / N, slots_per_node = sh.replicas / N;
+    const int64_t gpus_per_node = sh.gpus / N, k = sh.replicas / sh.gpus;
+    s.log2mlog.resize(static_cast<size_t>(E));
+    s.mlog2log.resize(static_cast<size_t>(E));
+    for (int64_t g = 0; g < sh.groups; ++g) {
+        const int64_t base = (group_pack[g] * groups_per_node + group_rank[g]) * group_size;
+        for (int64_t j = 0; j < group_size; ++j) {
+            s.log2mlog[g * group_size + j] = base + j;
+            s.mlog2log[base + j] = g * group_size + j;
+        }
+    }
+    // Old slots in node-local expert ids, -1 where a slot holds another node's expert.
+    s.node_old.resize(static_cast<size_t>(sh.replicas));
+    int64_t pools = 0;
+    for (int64_t p = 0; p < sh.replicas; ++p) {
+        const int64_t node = p / slots_per_node, mlog = s.log2mlog[old[p]];
+        const bool own = mlog / experts_per_node == node;
+        s.node_old[p] = own ? mlog - node * experts_per_node : -1;
+        pools += !own;
+    }
+    if (budget >= 0 && pools > budget) return -1.0;
+    s.mlogcnt.resize(static_cast<size_t>(E));
+    s.mlog_load.resize(static_cast<size_t>(experts_per_node));
+    s.experts.resize(static_cast<size_t>(experts_per_node));
+    s.phy2mlog.resize(static_cast<size_t>(slots_per_node));
+    s.phyrank.resize(static_cast<size_t>(slots_per_node));
+    s.trial_cnt.resize(static_cast<size_t>(experts_per_node));
+    s.node_out.resize(static_cast<size_t>(slots_per_node));
+    // No GPU gets below its node's mean, so no node needs refining below the busiest mean.
+    double floor = 0.0;
+    for (int64_t node = 0; node < N; ++node) {
+        double sum = 0.0;
+        for (int64_t j = 0; j < experts_per_node; ++j) sum += w[s.mlog2log[node * experts_per_node + j]];
+        floor = std::max(floor, sum / static_cast<double>(gpus_per_node));
+    }
+    double peak = 0.0;
+    for (int64_t node = 0; node < N; ++node) {
+        const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
+        for (int64_t j = 0; j < experts_per_node; ++j) {
+            s.mlog_load[j] = w[mlog2log[j]];
+            s.experts[j] = Item{s.mlog_load[j], j};
+        }
+        sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
+                   s.pack.sort_seen);
+        replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node, s.experts.data(),
+                         s.quotients, s.phy2mlog.data(), s.phyrank.data(), s.trial_cnt.data());
+        const int64_t* node_old = s.node_old.data() + node * slots_per_node;
+        int64_t node_budget = -1;
+        if (budget >= 0) {
+            const int64_t pool = std::count(node_old, node_old + slots_per_node, int64_t{-1});
+            const int64_t spare = budget - moves - pools;
+            node_budget = pool + spare / (N - node);
+            pools -= pool;
+        }
+        int64_t* cnt = s.mlogcnt.data() + node * experts_per_node;
+        const double node_peak =
+            migrate_node(s.mlog_load.data(), experts_per_node, s.trial_cnt.data(), node_old,
+                         gpus_per_node, k, opt, node_budget, floor, s.migrate, s.pack,
+                         s.node_out.data(), cnt, moves);
+        if (node_peak < 0.0) return -1.0;
+        peak = std::max(peak, node_peak);
+        for (int64_t i = 0; i < slots_per_node; ++i) {
+            out_phy2log[node * slots_per_node + i] = mlog2log[s.node_out[i]];
+        }
+    }
+    for (int64_t e = 0; e < E; ++e) out_logcnt[e] = s.mlogcnt[s.log2mlog[e]];
+    return peak;
+}
+
+// Replica ranks in slot order.
+void ranks_by_slot(const int64_t* phy2log, int64_t P, int64_t experts, std::vector<int64_t>& seen,
+                   int64_t* phyrank) {
+    seen.assign(static_cast<size_t>(experts), 0);
+    for (int64_t p = 0; p < P; ++p) phyrank[p] = seen[phy2log[p]]++;
+}
+
+// One layer planned from its old placement (see rebalance_experts).
+void migrate_layer(const double* w, const int64_t* old, const Shape& sh, const Options& opt,
+                   const Migration& mig, LayerScratch& s, int64_t* out_phy2log,
+                   int64_t* out_phyrank, int64_t* out_logcnt) {
+    const int64_t E = sh.experts, P = sh.replicas;
+    const double old_peak = placement_peak(w, old, E, P, sh.gpus, s.old_cnt);
+    double peak = -1.0;
+    if (mig.max_moves != 0) {
+        int64_t moves = 0;
+        s.group_pack.resize(static_cast<size_t>(sh.groups));
+        s.group_rank.resize(static_cast<size_t>(sh.groups));
+        if (sh.nodes == 1) {
+            std::fill(s.group_pack.begin(), s.group_pack.end(), 0);
+            for (int64_t g = 0; g < sh.groups; ++g) s.group_rank[g] = g;
+            peak = migrate_split(w, old, sh, opt, mig.max_moves, s, s.group_pack.data(),
+                                 s.group_rank.data(), out_phy2log, out_logcnt, moves);
+        } else {
+            const int64_t group_size = E / sh.groups;
+            s.group_load.resize(static_cast<size_t>(sh.groups));
+            for (int64_t g = 0; g < sh.groups; ++g) {
+                double sum = 0.0;
+                for (int64_t j = 0; j < group_size; ++j) sum += w[g * group_size + j];
+                s.group_load[g] = sum;
+            }
+            old_split(old, sh, s, s.group_pack.data(), s.group_rank.data());
+            peak = migrate_split(w, old, sh, opt, mig.max_moves, s, s.group_pack.data(),
+                                 s.group_rank.data(), out_phy2log, out_logcnt, moves);
+            // The best split the fresh planner would use, named after the old nodes.
+            s.greedy_pack.resize(static_cast<size_t>(sh.groups));
+            s.greedy_rank.resize(static_cast<size_t>(sh.groups));
+            const bool exact = opt.refine == Refine::Local && sh.groups <= kExactGroups &&
+                               sh.groups > sh.nodes;
+            const double split_peak =
+                pack_one(s.group_load.data(), sh.groups, sh.nodes, exact ? Refine::None : opt.refine,
+                         opt.swap_rounds, s.pack, s.greedy_pack.data(), s.greedy_rank.data());
+            if (exact) {
+                exact_partition(s.group_load.data(), sh.groups, sh.nodes, split_peak, s.partition,
+                                s.greedy_pack.data(), s.greedy_rank.data());
+            }
+            align_split(s.group_pack.data(), sh, s, s.greedy_pack.data());
+            s.node_load.assign(static_cast<size_t>(sh.nodes), 0.0);
+            for (int64_t g = 0; g < sh.groups; ++g) s.node_load[s.group_pack[g]] += s.group_load[g];
+            const double kept_nodes = *std::max_element(s.node_load.begin(), s.node_load.end());
+            s.node_load.assign(static_cast<size_t>(sh.nodes), 0.0);
+            for (int64_t g = 0; g < sh.groups; ++g) s.node_load[s.greedy_pack[g]] += s.group_load[g];
+            const double new_nodes = *std::max_element(s.node_load.begin(), s.node_load.end());
+            if (s.greedy_pack != s.group_pack && new_nodes < kept_nodes * (1.0 - kSplitGain)) {
+                s.alt_phy2log.resize(static_cast<size_t>(P));
+                s.alt_logcnt.resize(static_cast<size_t>(E));
+                int64_t alt_moves = 0;
+                const double alt = migrate_split(
+                    w, old, sh, opt, mig.max_moves, s, s.greedy_pack.data(),
+                    s.greedy_rank.data(), s.alt_phy2log.data(), s.alt_logcnt.data(), alt_moves);
+                if (alt >= 0.0 && (peak < 0.0 || alt < peak * (1.0 - kSplitGain))) {
+                    peak = alt;
+                    std::copy(s.alt_phy2log.begin(), s.alt_phy2log.end(), out_phy2log);
+                    std::copy(s.alt_logcnt.begin(), s.alt_logcnt.end(), out_logcnt);
+                }
+            }
+            if (peak < 0.0) {
+                // The old placement does not follow the groups and the budget cannot move it
+                // into shape: plan across all GPUs as one node instead.
+                Shape flat = sh;
+                flat.groups = flat.nodes = 1;
+                s.group_pack.assign(1, 0);
+                s.group_rank.assign(1, 0);
+                moves = 0;
+                peak = migrate_split(w, old, flat, opt, mig.max_moves, s, s.group_pack.data(),
+                                     s.group_rank.data(), out_phy2log, out_logcnt, moves);
+            }
+        }
+    }
+    if (peak < 0.0 || !(peak < old_peak * (1.0 - mig.min_gain))) {
+        std::copy(old, old + P, out_phy2log);
+        std::copy(s.old_cnt.begin(), s.old_cnt.end(), out_logcnt);
+    }
+    ranks_by_slot(out_phy2log, P, E, s.old_cnt, out_phyrank);
+}
+
 // Starting a thread costs about as much as planning this many slots (~50 us here), so by
 // default small inputs get fewer threads than the hardware has.
 constexpr int64_t kSlotsPerThread = 4096;
@@ -1238,6 +1845,36 @@ void check_weights(const double* weight, int64_t rows, int64_t cols, const char*
     }
 }
 
+void check_placement(const int64_t* phy2log, int64_t rows, int64_t experts,
+                     int64_t num_replicas, const char* name) {
+    std::vector<char> seen;
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t* row = phy2log + r * num_replicas;
+        seen.assign(static_cast<size_t>(experts), 0);
+        for (int64_t p = 0; p < num_replicas; ++p) {
+            if (row[p] < 0 || row[p] >= experts) {
+                char buf[256];
+                std::snprintf(buf, sizeof buf,
+                              "%s must hold expert ids in [0, %lld); found %lld at [%lld, %lld]",
+                              name, static_cast<long long>(experts),
+                              static_cast<long long>(row[p]), static_cast<long long>(r),
+                              static_cast<long long>(p));
+                throw std::invalid_argument(buf);
+            }
+            seen[row[p]] = 1;
+        }
+        const auto missing = std::find(seen.begin(), seen.end(), 0);
+        if (missing != seen.end()) {
+            char buf[256];
+            std::snprintf(buf, sizeof buf,
+                          "%s must place every expert at least once; layer %lld lacks expert %lld",
+                          name, static_cast<long long>(r),
+                          static_cast<long long>(missing - seen.begin()));
+            throw std::invalid_argument(buf);
+        }
+    }
+}
+
 void balanced_packing(const double* weight, int64_t rows, int64_t n, int64_t num_packs,
                       const Options& opt, int64_t* pack_index, int64_t* rank_in_pack) {
     check_options(opt);
@@ -1274,7 +1911,7 @@ void replicate_experts(const double* weight, int64_t rows, int64_t num_log, int6
 void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
                        int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
                        int64_t num_gpus, const Options& opt, int64_t* phy2log, int64_t* phyrank,
-                       int64_t* logcnt, const Log2PhyAlloc& alloc) {
+                       int64_t* logcnt, const Log2PhyAlloc& alloc, const Migration& mig) {
     check_options(opt);
     require(layers >= 0 && experts >= 1, "weight must have at least one expert per layer");
     require(num_replicas >= 1 && num_groups >= 1 && num_nodes >= 1 && num_gpus >= 1,
@@ -1284,10 +1921,20 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
     require(num_gpus % num_nodes == 0, "num_gpus must be divisible by num_nodes");
     require(experts % num_groups == 0, "the number of experts must be divisible by num_groups");
     check_weights(weight, layers, experts, "weight");
+    if (mig.old_phy2log != nullptr) {
+        require(mig.min_gain >= 0.0 && mig.min_gain < 1.0, "min_gain must be in [0, 1)");
+        check_placement(mig.old_phy2log, layers, experts, num_replicas, "old_phy2log");
+    }
     Shape sh{experts, num_replicas, num_groups, num_nodes, num_gpus};
     if (num_groups % num_nodes != 0) sh.groups = sh.nodes = 1;  // global policy
     const int threads = threads_for(opt, layers, num_replicas);
     auto plan = [&](LayerScratch& s, int64_t l) {
+        if (mig.old_phy2log != nullptr) {
+            migrate_layer(weight + l * experts, mig.old_phy2log + l * num_replicas, sh, opt, mig,
+                          s, phy2log + l * num_replicas, phyrank + l * num_replicas,
+                          logcnt + l * experts);
+            return;
+        }
         rebalance_layer(weight + l * experts, sh, opt, s, phy2log + l * num_replicas,
                         phyrank + l * num_replicas, logcnt + l * experts);
     };

@@ -44,14 +44,34 @@ void replicate_experts(const double* weight, int64_t rows, int64_t num_log, int6
 // buffer for log2phy [layers, experts, R], which rebalance_experts then fills.
 using Log2PhyAlloc = std::function<int64_t*(int64_t max_cnt)>;
 
+// Re-planning around the current placement. A move is one (GPU, expert) pair present in the
+// new plan and absent from the old one: one copy of the expert's weights onto that GPU.
+struct Migration {
+    const int64_t* old_phy2log = nullptr;  // [layers, num_replicas]; nullptr: plan afresh
+    int64_t max_moves = -1;                // most moves per layer; < 0: no cap
+    double min_gain = 0.0;  // keep a layer's old placement unless its largest GPU load drops
+                            // by more than this fraction (0: unless it drops at all)
+};
+
+// Throws std::invalid_argument unless every row of phy2log[rows, num_replicas] holds expert
+// ids in [0, experts) and names every expert at least once.
+void check_placement(const int64_t* phy2log, int64_t rows, int64_t experts,
+                     int64_t num_replicas, const char* name);
+
 // Full plan: hierarchical (groups -> nodes, replicate within node, replicas -> GPUs) when
 // num_groups % num_nodes == 0, else global (one group, one node), as DeepSeek's eplb.py.
 //   weight: [layers, experts]; phy2log, phyrank: [layers, num_replicas];
 //   logcnt: [layers, experts] (outputs); log2phy via `alloc` when it is set: each expert's
 //   slots by replica rank, -1 past its count.
+// With mig.old_phy2log set, each layer is planned from its current placement instead: the old
+// groups -> nodes split is kept unless another gains clearly, replica counts are repaired
+// (surplus replicas freed on the busiest GPUs, new ones placed in the freed slots), then the
+// local search runs with at most mig.max_moves moves per layer, and experts that stay on a
+// GPU keep their old slot. Replica ranks then follow slot order.
 void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
                        int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
                        int64_t num_gpus, const Options& opt, int64_t* phy2log, int64_t* phyrank,
-                       int64_t* logcnt, const Log2PhyAlloc& alloc = nullptr);
+                       int64_t* logcnt, const Log2PhyAlloc& alloc = nullptr,
+                       const Migration& mig = Migration{});
 
 }  // namespace fasteplb

@@ -8,7 +8,15 @@ A drop-in for DeepSeek's ``eplb.py``::
 """
 
 from ._api import balanced_packing, rebalance_experts, replicate_experts
-from .metrics import balancedness, colocated, gpu_loads, lower_bound, report
+from .metrics import (
+    balancedness,
+    colocated,
+    gpu_loads,
+    lower_bound,
+    moved_bytes,
+    moves,
+    report,
+)
 
 __version__ = "0.1.0"
 
@@ -19,6 +27,8 @@ __all__ = [
     "colocated",
     "gpu_loads",
     "lower_bound",
+    "moved_bytes",
+    "moves",
     "rebalance_experts",
     "replicate_experts",
     "report",

@@ -18,6 +18,9 @@ def rebalance_experts(
     refine: str = "local",
     swap_rounds: int = 20,
     num_threads: Optional[int] = None,
+    old_phy2log: Any = None,
+    max_moves: Optional[int] = None,
+    min_gain: Optional[float] = None,
 ) -> tuple[Any, Any, Any]:
     """Plan replica counts and GPU placement for every MoE layer.
 
@@ -38,6 +41,18 @@ def rebalance_experts(
         swap_rounds: most swaps per packing call with ``refine="swap"``
         num_threads: worker threads over layers (default: the hardware concurrency, fewer
             for small inputs, where starting a thread costs more than it saves)
+        old_phy2log: [layers, num_replicas], the current placement (e.g. the previous call's
+            phy2log). When given, each layer is re-planned *from* it so that experts stay on
+            their GPUs unless moving them pays off: the old groups -> nodes split is kept
+            unless another is clearly better, replica counts are repaired (surplus replicas
+            freed on the busiest GPUs, new ones placed in the freed slots), then the local
+            search runs; experts that stay on a GPU keep their slot. Replica ranks follow
+            slot order. ``refine="none"`` only repairs the counts; ``"swap"`` is not
+            supported here.
+        max_moves: most weight copies per layer (a copy: an expert new to a GPU); 0 keeps
+            the old placement. None: no cap, but the fewest copies for the balance reached.
+        min_gain: keep a layer's old placement unless re-planning lowers its largest GPU
+            load by more than this fraction, in [0, 1) (None: 0, keep it unless it improves)
 
     Returns:
         phy2log: [layers, num_replicas], the logical expert held by each slot
@@ -52,7 +67,12 @@ def rebalance_experts(
     w = Weights(weight)
     layers, experts = _checks.shape(w.shape)
     sizes = _checks.plan(layers, experts, num_replicas, num_groups, num_nodes, num_gpus)
-    return w.wrap(*_core.rebalance_experts(w.array, *sizes, refine, swap_rounds, threads))
+    old, moves, gain = _checks.migration(old_phy2log, max_moves, min_gain, layers, sizes[0])
+    if old is not None and refine == "swap":
+        raise ValueError("old_phy2log works with refine='local' or 'none', not 'swap'")
+    return w.wrap(
+        *_core.rebalance_experts(w.array, *sizes, refine, swap_rounds, threads, old, moves, gain)
+    )
 
 
 def balanced_packing(

@@ -6,7 +6,10 @@ Both raise the same exception, with the same message, for the same bad argument.
 from __future__ import annotations
 
 import operator
+import sys
 from typing import Any
+
+import numpy as np
 
 REFINE_MODES = ("local", "swap", "none")
 
@@ -110,3 +113,45 @@ def replication(rows: int, n: int, num_phy: Any) -> int:
         raise ValueError(f"num_phy must be >= the number of experts ({n}), got {num_phy}")
     _elements("phy2log", rows, num_phy)
     return num_phy
+
+
+INT64_MAX = (1 << 63) - 1
+
+
+def migration(
+    old_phy2log: Any, max_moves: Any, min_gain: Any, layers: int, num_replicas: int
+) -> tuple[Any, int, float]:
+    """Checks rebalance_experts' migration options; returns (old [layers, P] int64 C-contiguous
+    numpy or None, max_moves (-1: no cap), min_gain). Expert ids are checked by the core."""
+    if old_phy2log is None:
+        for name, value in (("max_moves", max_moves), ("min_gain", min_gain)):
+            if value is not None:
+                raise ValueError(f"{name} needs old_phy2log (the current placement)")
+        return None, -1, 0.0
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(old_phy2log, torch.Tensor):
+        old_phy2log = old_phy2log.detach().cpu().numpy()
+    old = np.asarray(old_phy2log)
+    if old.dtype.kind == "f" and old.size:
+        if not np.isfinite(old).all() or (old != np.round(old)).any():
+            raise ValueError("old_phy2log must hold integer expert ids")
+    elif old.dtype.kind not in "iu" and not (old.dtype.kind == "f" and old.size == 0):
+        raise TypeError(f"old_phy2log must hold integers, got dtype {old.dtype}")
+    if old.shape != (layers, num_replicas):
+        raise ValueError(
+            f"old_phy2log must have shape [layers={layers}, num_replicas={num_replicas}], "
+            f"got {list(old.shape)}"
+        )
+    if old.dtype.kind == "u" and old.size and old.max() > INT64_MAX:
+        raise ValueError("old_phy2log holds expert ids beyond int64")
+    old = np.ascontiguousarray(old, dtype=np.int64)
+    moves = -1 if max_moves is None else min(count("max_moves", max_moves, minimum=0), INT64_MAX)
+    if min_gain is None:
+        gain = 0.0
+    else:
+        if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float, np.floating, np.integer)):
+            raise TypeError(f"min_gain must be a number, got {type(min_gain).__name__}")
+        gain = float(min_gain)
+        if not 0.0 <= gain < 1.0:
+            raise ValueError(f"min_gain must be in [0, 1), got {min_gain}")
+    return old, moves, gain

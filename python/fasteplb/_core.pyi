@@ -15,6 +15,9 @@ def rebalance_experts(
     refine: str = "local",
     swap_rounds: int = 20,
     num_threads: int = 0,
+    old_phy2log: _I64 | None = None,
+    max_moves: int = -1,
+    min_gain: float = 0.0,
 ) -> tuple[_I64, _I64, _I64]: ...
 def balanced_packing(
     weight: _F64,

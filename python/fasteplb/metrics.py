@@ -15,7 +15,15 @@ import numpy as np
 from . import _checks
 from ._marshal import Weights
 
-__all__ = ["balancedness", "colocated", "gpu_loads", "lower_bound", "report"]
+__all__ = [
+    "balancedness",
+    "colocated",
+    "gpu_loads",
+    "lower_bound",
+    "moved_bytes",
+    "moves",
+    "report",
+]
 
 
 def _gpu_loads(phy2log: np.ndarray, weight: np.ndarray, num_gpus: int) -> np.ndarray:
@@ -38,17 +46,21 @@ def _gpu_loads(phy2log: np.ndarray, weight: np.ndarray, num_gpus: int) -> np.nda
     return slot_load.reshape(layers, num_gpus, slots // num_gpus).sum(axis=2)
 
 
-def _slots(phy2log: Any) -> np.ndarray:
-    """phy2log as int64 numpy; float entries must be whole numbers."""
+def _to_numpy(x: Any) -> Any:
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(phy2log, torch.Tensor):
-        phy2log = phy2log.detach().cpu().numpy()
-    arr = np.asarray(phy2log)
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def _slots(phy2log: Any, name: str = "phy2log") -> np.ndarray:
+    """phy2log as int64 numpy; float entries must be whole numbers."""
+    arr = np.asarray(_to_numpy(phy2log))
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
-            raise ValueError("phy2log must hold integer expert ids")
+            raise ValueError(f"{name} must hold integer expert ids")
     elif arr.dtype.kind not in "iu":
-        raise TypeError(f"phy2log must be an integer tensor, got {arr.dtype}")
+        raise TypeError(f"{name} must be an integer tensor, got {arr.dtype}")
     return arr.astype(np.int64)
 
 
@@ -445,3 +457,64 @@ def report(
         "colocated_total": int(coloc.sum()),
         "colocated_avoidable_total": int(avoidable.sum()),
     }
+
+
+def _moves(old: np.ndarray, new: np.ndarray, num_gpus: int) -> np.ndarray:
+    if old.ndim != 2 or old.shape != new.shape:
+        raise ValueError(
+            "old_phy2log and new_phy2log must both be [layers, slots] of one shape; got "
+            f"{tuple(old.shape)} and {tuple(new.shape)}"
+        )
+    layers, slots = new.shape
+    if slots % num_gpus:
+        raise ValueError(f"the slot count ({slots}) must be divisible by num_gpus ({num_gpus})")
+    if new.size == 0:
+        return np.zeros(layers, dtype=np.int64)
+    if min(old.min(), new.min()) < 0:
+        raise ValueError("phy2log entries must be expert ids >= 0")
+    experts = int(max(old.max(), new.max())) + 1
+    # One key per (layer, GPU, expert) pair; a move is a pair of the new plan absent from the old.
+    gpu = np.arange(slots, dtype=np.int64) // (slots // num_gpus)
+    row = (np.arange(layers, dtype=np.int64)[:, None] * num_gpus + gpu) * experts
+    new_keys = np.unique(row + new)
+    fresh = new_keys[~np.isin(new_keys, row + old)]
+    return np.bincount(fresh // (num_gpus * experts), minlength=layers).astype(np.int64)
+
+
+def moves(old_phy2log: Any, new_phy2log: Any, num_gpus: int) -> Any:
+    """Weight copies a re-plan needs, per layer.
+
+    A move is one (GPU, expert) pair present in the new plan and absent from the old one: the
+    expert's weights must be copied onto that GPU. Slot order within a GPU does not matter.
+
+    Parameters:
+        old_phy2log: [layers, P], the current placement
+        new_phy2log: [layers, P], the planned placement
+        num_gpus: G (GPU g owns slots [g*P/G, (g+1)*P/G))
+
+    Returns:
+        [layers] int64, torch if `new_phy2log` is a torch tensor.
+    """
+    g = _checks.count("num_gpus", num_gpus)
+    out = _moves(_slots(old_phy2log, "old_phy2log"), _slots(new_phy2log, "new_phy2log"), g)
+    return _out(out, _device(new_phy2log))
+
+
+def moved_bytes(old_phy2log: Any, new_phy2log: Any, num_gpus: int, bytes_per_expert: Any) -> Any:
+    """Bytes a re-plan copies per layer: ``moves(...) * bytes_per_expert``.
+
+    Parameters:
+        old_phy2log, new_phy2log, num_gpus: as for `moves`
+        bytes_per_expert: size of one expert's weights in bytes, a number or one per layer [layers]
+
+    Returns:
+        [layers] float64, torch if `new_phy2log` is a torch tensor.
+    """
+    g = _checks.count("num_gpus", num_gpus)
+    counts = _moves(_slots(old_phy2log, "old_phy2log"), _slots(new_phy2log, "new_phy2log"), g)
+    size = np.asarray(_to_numpy(bytes_per_expert), dtype=np.float64)
+    if size.ndim > 1 or (size.ndim == 1 and size.shape != counts.shape):
+        raise ValueError(f"bytes_per_expert must be a number or [layers={counts.size}] values")
+    if not (np.isfinite(size).all() and (size >= 0).all()):
+        raise ValueError("bytes_per_expert must be finite and >= 0")
+    return _out(counts * size, _device(new_phy2log))

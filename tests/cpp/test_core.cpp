@@ -214,6 +214,43 @@ Plan rebalance(const F64& w, const Shape& s, const Options& opt, bool with_alloc
     return p;
 }
 
+// rebalance_experts from an old placement (migration), with log2phy.
+Plan migrate(const F64& w, const Shape& s, const Options& opt, const I64& old, int64_t max_moves,
+             double min_gain) {
+    Plan p;
+    p.phy2log.assign(static_cast<size_t>(s.L * s.P), kSentinel);
+    p.phyrank.assign(static_cast<size_t>(s.L * s.P), kSentinel);
+    p.logcnt.assign(static_cast<size_t>(s.L * s.E), kSentinel);
+    fasteplb::Log2PhyAlloc alloc = [&p, &s](int64_t r) -> int64_t* {
+        ++p.alloc_calls;
+        p.max_cnt = r;
+        p.log2phy.assign(static_cast<size_t>(std::max<int64_t>(s.L * s.E * r, 1)), kSentinel);
+        return p.log2phy.data();
+    };
+    fasteplb::Migration mig;
+    mig.old_phy2log = old.data();
+    mig.max_moves = max_moves;
+    mig.min_gain = min_gain;
+    fasteplb::rebalance_experts(w.data(), s.L, s.E, s.P, s.K, s.N, s.G, opt, p.phy2log.data(),
+                                p.phyrank.data(), p.logcnt.data(), alloc, mig);
+    return p;
+}
+
+// Weight copies from old to new in layer l: experts new to each GPU.
+int64_t moves_in_layer(const I64& old, const I64& now, const Shape& s, int64_t l) {
+    const int64_t k = s.P / s.G;
+    int64_t moves = 0;
+    for (int64_t g = 0; g < s.G; ++g) {
+        const int64_t* o = old.data() + l * s.P + g * k;
+        const int64_t* n = now.data() + l * s.P + g * k;
+        for (int64_t r = 0; r < k; ++r) {
+            if (std::find(n, n + r, n[r]) != n + r) continue;  // counted already
+            moves += std::find(o, o + k, n[r]) == o + k;
+        }
+    }
+    return moves;
+}
+
 // Largest GPU load of layer l: each slot carries its expert's load / its replica count.
 double max_gpu_load(const F64& w, const Shape& s, const Plan& p, int64_t l) {
     const int64_t k = s.P / s.G;
@@ -463,6 +500,52 @@ void rebalance_case(uint64_t seed, bool determinism) {
             CHECK_MSG(same, "deterministic across thread counts and calls; differs at" + which);
         }
         plans.push_back(std::move(with));
+    }
+    // Migration from the default plan (drifted loads) and from a random placement, with and
+    // without a budget: valid plans (groups may be ignored when kept from the old layout),
+    // within budget, deterministic over thread counts.
+    if (plans.size() == 3 && !plans[2].phy2log.empty()) {
+        F64 drifted = w;
+        std::lognormal_distribution<double> noise(0.0, 0.3);
+        for (double& x : drifted) x = std::min(x * noise(rng), 1e250);
+        I64 random_old(static_cast<size_t>(s.L * s.P));
+        for (int64_t l = 0; l < s.L; ++l) {
+            int64_t* row = random_old.data() + l * s.P;
+            for (int64_t p = 0; p < s.P; ++p) {
+                row[p] = p < s.E ? p : static_cast<int64_t>(rng() % static_cast<uint64_t>(s.E));
+            }
+            std::shuffle(row, row + s.P, rng);
+        }
+        Shape flat = s;
+        flat.K = flat.N = 1;
+        for (const I64* old : {&plans[2].phy2log, &random_old}) {
+            for (const int64_t budget : {int64_t{-1}, int64_t{0}, int64_t{2}}) {
+                Options opt;
+                opt.refine = Refine::Local;
+                opt.num_threads = threads;
+                g_context = base + fmt(" migration budget=%lld random_old=%d",
+                                       static_cast<long long>(budget), old == &random_old);
+                Plan m;
+                try {
+                    m = migrate(drifted, s, opt, *old, budget, 0.0);
+                } catch (const std::exception& e) {
+                    CHECK_MSG(false, std::string("unexpected exception: ") + e.what());
+                    continue;
+                }
+                if (!check_plan(flat, m, true)) continue;
+                for (int64_t l = 0; l < s.L; ++l) {
+                    const int64_t moves = moves_in_layer(*old, m.phy2log, s, l);
+                    CHECK_MSG(budget < 0 || moves <= budget, fmt("layer %lld: %lld moves",
+                              static_cast<long long>(l), static_cast<long long>(moves)));
+                }
+                if (budget == 0) CHECK(m.phy2log == *old);
+                if (determinism) {
+                    Options one = opt;
+                    one.num_threads = 1;
+                    CHECK(migrate(drifted, s, one, *old, budget, 0.0) == m);
+                }
+            }
+        }
     }
     // Refinement never raises a layer's largest GPU load.
     if (plans.size() == 3 && !plans[0].phy2log.empty()) {
@@ -805,6 +888,26 @@ void test_fixed_cases() {
 // ------------------------------------------------------------------------------------------
 // Errors
 
+void test_migration_errors() {
+    g_context = "old_phy2log checks";
+    const F64 w(2 * 4, 1.0);
+    const Shape s{2, 4, 6, 2, 1, 2};
+    I64 old = {0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 3, 3};
+    Options opt;
+    CHECK(migrate(w, s, opt, old, -1, 0.0).phy2log.size() == 12);
+    I64 bad = old;
+    bad[7] = 4;
+    CHECK_THROWS_INVALID(migrate(w, s, opt, bad, -1, 0.0), "expert ids in [0, 4)");
+    bad = old;
+    bad[8] = -1;
+    CHECK_THROWS_INVALID(migrate(w, s, opt, bad, -1, 0.0), "expert ids in [0, 4)");
+    bad = old;
+    bad[7] = 0;
+    CHECK_THROWS_INVALID(migrate(w, s, opt, bad, -1, 0.0), "layer 1 lacks expert 1");
+    CHECK_THROWS_INVALID(migrate(w, s, opt, old, -1, 1.0), "min_gain must be in [0, 1)");
+    CHECK_THROWS_INVALID(migrate(w, s, opt, old, -1, std::nan("")), "min_gain");
+}
+
 void test_errors() {
     const double nan = std::numeric_limits<double>::quiet_NaN();
     const double inf = std::numeric_limits<double>::infinity();
@@ -967,6 +1070,7 @@ int main(int argc, char** argv) {
         test_fixed_cases();
         std::printf("fixed cases: %.2fs\n", seconds_since(t0));
         test_errors();
+        test_migration_errors();
         std::printf("errors: %.2fs\n", seconds_since(t0));
         const int rebalance_cases = count(600);
         for (int i = 0; i < rebalance_cases; ++i) {
