@@ -1055,7 +1055,8 @@ struct LayerScratch {
     std::vector<int64_t> trial_cnt, kept_cnt, kept_phy2log, kept_phyrank;
     // Migration.
     MigrateScratch migrate;
-    std::vector<int64_t> old_cnt, node_old, node_out, overlap, pairs_order, node_fill, rename;
+    std::vector<int64_t> old_cnt, node_old, node_out, overlap, pairs_order, node_fill, rename,
+        node_order;
 };
 
 struct ReplicateScratch {
@@ -1665,8 +1666,27 @@ double migrate_split(const double* w, const int64_t* old, const Shape& sh, const
         for (int64_t j = 0; j < experts_per_node; ++j) sum += w[s.mlog2log[node * experts_per_node + j]];
         floor = std::max(floor, sum / static_cast<double>(gpus_per_node));
     }
+    // With a budget, the nodes whose old placement is busiest (at the new loads) go first:
+    // they decide the layer's maximum.
+    s.node_order.resize(static_cast<size_t>(N));
+    for (int64_t node = 0; node < N; ++node) s.node_order[node] = node;
+    if (budget >= 0 && N > 1) {
+        s.node_peak.assign(static_cast<size_t>(N), 0.0);
+        for (int64_t g = 0; g < sh.gpus; ++g) {
+            double load = 0.0;
+            for (int64_t r = 0; r < k; ++r) {
+                const int64_t e = old[g * k + r];
+                load += w[e] / static_cast<double>(s.old_cnt[e]);
+            }
+            const int64_t node = g / gpus_per_node;
+            s.node_peak[node] = std::max(s.node_peak[node], load);
+        }
+        std::stable_sort(s.node_order.begin(), s.node_order.end(),
+                         [&](int64_t a, int64_t b) { return s.node_peak[a] > s.node_peak[b]; });
+    }
     double peak = 0.0;
-    for (int64_t node = 0; node < N; ++node) {
+    for (int64_t at = 0; at < N; ++at) {
+        const int64_t node = s.node_order[at];
         const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
         for (int64_t j = 0; j < experts_per_node; ++j) {
             s.mlog_load[j] = w[mlog2log[j]];
@@ -1681,7 +1701,7 @@ double migrate_split(const double* w, const int64_t* old, const Shape& sh, const
         if (budget >= 0) {
             const int64_t pool = std::count(node_old, node_old + slots_per_node, int64_t{-1});
             const int64_t spare = budget - moves - pools;
-            node_budget = pool + spare / (N - node);
+            node_budget = pool + (spare + (N - at) - 1) / (N - at);  // ceiling share
             pools -= pool;
         }
         int64_t* cnt = s.mlogcnt.data() + node * experts_per_node;

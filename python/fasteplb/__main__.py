@@ -1,4 +1,5 @@
-"""Command line: ``python -m fasteplb demo`` (also installed as ``fasteplb``)."""
+"""Command line: ``python -m fasteplb demo`` / ``python -m fasteplb bench`` (also installed as
+``fasteplb``)."""
 
 from __future__ import annotations
 
@@ -76,9 +77,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             "pure-Python reference vs fasteplb")
     p_demo.add_argument("--rounds", type=int, default=5,
                         help="reference calls per mode (each followed by 50 fasteplb calls)")
+    p_bench = sub.add_parser(
+        "bench",
+        help="fasteplb against the serving engines' own EPLB planners (vLLM, SGLang) on "
+        "realistic synthetic workloads",
+        description="Plan realistic synthetic workloads with fasteplb, the pure-Python "
+        "reference and the engines' planners (loaded from their wheels, cached in "
+        "~/.cache/fasteplb/peers); report time, balancedness (in-sample and next window), "
+        "moves per rebalance and the gap to the lower bound.",
+    )
+    from ._bench import add_arguments
+
+    add_arguments(p_bench)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.rounds)
+    if args.command == "bench":
+        from ._bench import cli
+
+        return cli(args)
     return 2  # pragma: no cover
 
 
