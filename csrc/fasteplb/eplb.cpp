@@ -184,6 +184,7 @@ struct PackScratch {
     // the caller cannot get below anyway (migration: the layer's busiest node mean).
     double tolerance = 1e-4, floor = 0.0;
     std::vector<SwapRecord> swap_log;  // migration: the swaps made, to undo the least useful
+    bool rollback = true;              // migration: undo them (false: keep every swap)
 };
 
 // Copies that swapping item u (pack h) with item v (pack q) adds, minus those it saves: a pack
@@ -481,7 +482,7 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         reposition(at);
         if (s.old_slot != nullptr) s.swap_log.push_back(SwapRecord{h, best_u, q, best_v, load[visit[m - 1]]});
     }
-    if (s.old_slot == nullptr || s.swap_log.empty()) return;
+    if (s.old_slot == nullptr || s.swap_log.empty() || !s.rollback) return;
     // Migration: the last swaps often buy little balance for their copies. Keep the shortest
     // prefix of the swaps that ends within kRollback of the final maximum; undo the rest.
     const double enough = s.swap_log.back().peak * (1.0 + kRollback);
@@ -1030,7 +1031,7 @@ void exact_partition(const double* w, int64_t k, int64_t nodes, double upper,
 // Relative distance to the lower bound at which local search stops: fresh plans, and plans
 // from an old placement, where each further swap costs weight copies.
 constexpr double kBoundTolerance = 1e-4;
-constexpr double kMigrationTolerance = 1e-4;
+constexpr double kMigrationTolerance = 1e-3;
 
 // Scratch of migrate_node.
 struct MigrateScratch {
@@ -1055,8 +1056,8 @@ struct LayerScratch {
     std::vector<int64_t> trial_cnt, kept_cnt, kept_phy2log, kept_phyrank;
     // Migration.
     MigrateScratch migrate;
-    std::vector<int64_t> old_cnt, node_old, node_out, overlap, pairs_order, node_fill, rename,
-        node_order;
+    std::vector<int64_t> old_cnt, new_cnt, polish_old, node_old, node_out, overlap, pairs_order, node_fill,
+        rename, node_order;
 };
 
 struct ReplicateScratch {
@@ -1696,6 +1697,16 @@ double migrate_split(const double* w, const int64_t* old, const Shape& sh, const
                    s.pack.sort_seen);
         replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node, s.experts.data(),
                          s.quotients, s.phy2mlog.data(), s.phyrank.data(), s.trial_cnt.data());
+        // At two or three slots per GPU the fresh planner may tune Adams' counts; aim at the
+        // counts it would tune to, so that an unchanged layer is not re-counted.
+        if (opt.refine == Refine::Local && k <= kCountSearchSlots && k >= 2 &&
+            gpus_per_node >= 2) {
+            s.kept_cnt = s.trial_cnt;
+            if (!improve_counts(s.mlog_load.data(), experts_per_node, k, s.trial_cnt.data(),
+                                s.pairs)) {
+                s.trial_cnt.swap(s.kept_cnt);
+            }
+        }
         const int64_t* node_old = s.node_old.data() + node * slots_per_node;
         int64_t node_budget = -1;
         if (budget >= 0) {
@@ -1798,7 +1809,10 @@ void migrate_layer(const double* w, const int64_t* old, const Shape& sh, const O
             }
         }
     }
-    if (peak < 0.0 || !(peak < old_peak * (1.0 - mig.min_gain))) {
+    // The search tracks loads incrementally; compare sums computed the same way for both.
+    if (peak >= 0.0) peak = placement_peak(w, out_phy2log, E, P, sh.gpus, s.new_cnt);
+    // A gain within rounding (1e-12) is no gain: it would move weights for nothing.
+    if (peak < 0.0 || !(peak < old_peak * (1.0 - std::max(mig.min_gain, 1e-12)))) {
         std::copy(old, old + P, out_phy2log);
         std::copy(s.old_cnt.begin(), s.old_cnt.end(), out_logcnt);
     }
@@ -1957,6 +1971,20 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
         }
         rebalance_layer(weight + l * experts, sh, opt, s, phy2log + l * num_replicas,
                         phyrank + l * num_replicas, logcnt + l * experts);
+        const int64_t k = num_replicas / num_gpus;
+        if (opt.refine == Refine::Local && k >= 2 && k <= kCountSearchSlots) {
+            // At two or three slots per GPU the tuned counts are packed once; a full
+            // migration search from that plan (kept only if strictly better) makes the plan
+            // one that re-planning from it with the same loads leaves unchanged.
+            s.polish_old.assign(phy2log + l * num_replicas, phy2log + (l + 1) * num_replicas);
+            Migration self;
+            self.old_phy2log = s.polish_old.data();
+            s.pack.rollback = false;
+            migrate_layer(weight + l * experts, s.polish_old.data(), sh, opt, self, s,
+                          phy2log + l * num_replicas, phyrank + l * num_replicas,
+                          logcnt + l * experts);
+            s.pack.rollback = true;
+        }
     };
     if (!alloc) {
         parallel_rows(layers, threads, [] { return LayerScratch{}; }, plan);
