@@ -478,6 +478,12 @@ def _job(i: int):
     threads = (None, 1, 2, 3)[(i // 12) % 4]
     refine = REFINES[(i // 4) % 3]
     which = i % 4
+    if which == 0 and i % 8 == 4 and refine != "swap":  # hierarchical, from an old placement
+        layers = weight.shape[0]
+        old = (np.arange(experts + 16)[None, :] * (i + 1) + np.arange(layers)[:, None]) % experts
+        old[:, :experts] = np.arange(experts)
+        return fasteplb.rebalance_experts, weight, (experts + 16, 4, 2, 8), dict(
+            refine=refine, num_threads=threads, old_phy2log=old, max_moves=(None, 5)[i % 16 // 8])
     if which == 0:  # hierarchical
         return fasteplb.rebalance_experts, weight, (experts + 16, 4, 2, 8), dict(
             refine=refine, num_threads=threads)
