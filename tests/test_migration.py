@@ -57,7 +57,7 @@ def test_unchanged_loads_keep_the_plan_unless_strictly_better(cfg):
 
 # Model shapes: DeepSeek-V3 (hierarchical, global, k = 3 and 2), Qwen3-235B (k = 5, 3, 2),
 # Kimi-K2.
-MODEL_SHAPES = [(256, s) for s in DS_SHAPES + [(384, 1, 1, 128), (288, 1, 1, 144)]] + [
+MODEL_SHAPES = [(256, s) for s in [*DS_SHAPES, (384, 1, 1, 128), (288, 1, 1, 144)]] + [
     (128, (160, 1, 1, 32)), (128, (192, 1, 1, 64)), (128, (256, 1, 1, 128)),
     (384, (448, 1, 1, 64))]
 

@@ -42,30 +42,40 @@ def demo(rounds: int) -> int:
         ref_ms, fast_ms = side_by_side(
             lambda r=refine: reference.rebalance_experts(weight, **DEMO_SHAPE, refine=r),
             lambda r=refine: rebalance_experts(weight, **DEMO_SHAPE, refine=r),
-            rounds=rounds, inner=50,
+            rounds=rounds,
+            inner=50,
         )
         same = all(np.array_equal(a, b) for a, b in zip(plan, ref_plan))
         rows.append((refine, ref_ms, fast_ms, balancedness(plan[0], weight, g), same))
-    print(f"{'refine':<8}{'reference ms':>14}{'fasteplb ms':>13}{'speed-up':>10}"
-          f"{'balancedness':>14}  same plan")
+    print(
+        f"{'refine':<8}{'reference ms':>14}{'fasteplb ms':>13}{'speed-up':>10}"
+        f"{'balancedness':>14}  same plan"
+    )
     for refine, ref_ms, fast_ms, bal, same in rows:
-        print(f"{refine:<8}{ref_ms:>14.1f}{fast_ms:>13.3f}{ref_ms / fast_ms:>9.0f}x{bal:>14.4f}"
-              f"  {'yes' if same else 'NO'}")
+        print(
+            f"{refine:<8}{ref_ms:>14.1f}{fast_ms:>13.3f}{ref_ms / fast_ms:>9.0f}x{bal:>14.4f}"
+            f"  {'yes' if same else 'NO'}"
+        )
     # The default mode has no pure-Python twin: time it against the reference greedy.
     ref_ms, fast_ms = side_by_side(
         lambda: reference.rebalance_experts(weight, **DEMO_SHAPE, refine="none"),
-        lambda: rebalance_experts(weight, **DEMO_SHAPE), rounds=rounds, inner=50,
+        lambda: rebalance_experts(weight, **DEMO_SHAPE),
+        rounds=rounds,
+        inner=50,
     )
     plan = rebalance_experts(weight, **DEMO_SHAPE)
     bound = lower_bound(weight, **DEMO_SHAPE)
-    print(f"{'local':<8}{ref_ms:>14.1f}{fast_ms:>13.3f}{ref_ms / fast_ms:>9.0f}x"
-          f"{balancedness(plan[0], weight, g):>14.4f}  (default; vs the reference greedy)")
+    print(
+        f"{'local':<8}{ref_ms:>14.1f}{fast_ms:>13.3f}{ref_ms / fast_ms:>9.0f}x"
+        f"{balancedness(plan[0], weight, g):>14.4f}  (default; vs the reference greedy)"
+    )
     loads = gpu_loads(plan[0], weight, g)
-    print(f"\nlower bound on any plan: balancedness "
-          f"{loads.mean(axis=1).sum() / bound.sum():.4f}")
+    print(f"\nlower bound on any plan: balancedness {loads.mean(axis=1).sum() / bound.sum():.4f}")
     identity = np.tile(np.arange(weight.shape[1]), (weight.shape[0], 1))
-    print(f"without EPLB (expert e on GPU e // 8): balancedness "
-          f"{balancedness(identity, weight, g):.4f}")
+    print(
+        f"without EPLB (expert e on GPU e // 8): balancedness "
+        f"{balancedness(identity, weight, g):.4f}"
+    )
     return 0 if all(r[-1] for r in rows) else 1
 
 
@@ -73,10 +83,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fasteplb", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fasteplb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="plan a bundled DeepSeek-V3-shaped load, "
-                            "pure-Python reference vs fasteplb")
-    p_demo.add_argument("--rounds", type=int, default=5,
-                        help="reference calls per mode (each followed by 50 fasteplb calls)")
+    p_demo = sub.add_parser(
+        "demo", help="plan a bundled DeepSeek-V3-shaped load, pure-Python reference vs fasteplb"
+    )
+    p_demo.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="reference calls per mode (each followed by 50 fasteplb calls)",
+    )
     p_bench = sub.add_parser(
         "bench",
         help="fasteplb against the serving engines' own EPLB planners (vLLM, SGLang) on "
