@@ -1056,6 +1056,7 @@ struct LayerScratch {
     std::vector<int64_t> trial_cnt, kept_cnt, kept_phy2log, kept_phyrank;
     // Migration.
     MigrateScratch migrate;
+    std::vector<int64_t> count_target;  // fresh single-node plan's count target, for its polish
     std::vector<int64_t> old_cnt, new_cnt, polish_old, node_old, node_out, overlap, pairs_order, node_fill,
         rename, node_order;
 };
@@ -1171,10 +1172,14 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
             return node_peak;
         }
         s.trial_cnt.assign(mlogcnt, mlogcnt + experts_per_node);
-        if (!improve_counts(s.mlog_load.data(), experts_per_node, slots_per_gpu,
-                            s.trial_cnt.data(), s.pairs)) {
-            return node_peak;
+        const bool tuned = improve_counts(s.mlog_load.data(), experts_per_node, slots_per_gpu,
+                                          s.trial_cnt.data(), s.pairs);
+        if (sh.nodes == 1) {
+            // The count target a re-plan from this plan aims at (see migrate_split).
+            s.count_target.assign(tuned ? s.trial_cnt.data() : mlogcnt,
+                                  (tuned ? s.trial_cnt.data() : mlogcnt) + experts_per_node);
         }
+        if (!tuned) return node_peak;
         // Adams' counts are the baseline: the new counts are kept only if the packed node
         // comes out strictly lighter.
         const double greedy_peak = s.pack.greedy_peak;
@@ -1695,12 +1700,19 @@ double migrate_split(const double* w, const int64_t* old, const Shape& sh, const
         }
         sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
                    s.pack.sort_seen);
-        replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node, s.experts.data(),
-                         s.quotients, s.phy2mlog.data(), s.phyrank.data(), s.trial_cnt.data());
         // At two or three slots per GPU the fresh planner may tune Adams' counts; aim at the
-        // counts it would tune to, so that an unchanged layer is not re-counted.
-        if (opt.refine == Refine::Local && k <= kCountSearchSlots && k >= 2 &&
-            gpus_per_node >= 2) {
+        // counts it would tune to, so that an unchanged layer is not re-counted. Polishing a
+        // fresh single-node plan reuses the target the fresh planner just computed.
+        const bool tune = opt.refine == Refine::Local && k <= kCountSearchSlots && k >= 2 &&
+                          gpus_per_node >= 2;
+        if (tune && N == 1 && s.count_target.size() == static_cast<size_t>(experts_per_node)) {
+            s.trial_cnt.assign(s.count_target.begin(), s.count_target.end());
+        } else {
+            replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node,
+                             s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
+                             s.trial_cnt.data());
+        }
+        if (tune && !(N == 1 && s.count_target.size() == static_cast<size_t>(experts_per_node))) {
             s.kept_cnt = s.trial_cnt;
             if (!improve_counts(s.mlog_load.data(), experts_per_node, k, s.trial_cnt.data(),
                                 s.pairs)) {
@@ -1963,6 +1975,7 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
     if (num_groups % num_nodes != 0) sh.groups = sh.nodes = 1;  // global policy
     const int threads = threads_for(opt, layers, num_replicas);
     auto plan = [&](LayerScratch& s, int64_t l) {
+        s.count_target.clear();
         if (mig.old_phy2log != nullptr) {
             migrate_layer(weight + l * experts, mig.old_phy2log + l * num_replicas, sh, opt, mig,
                           s, phy2log + l * num_replicas, phyrank + l * num_replicas,
@@ -1985,6 +1998,7 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
                           logcnt + l * experts);
             s.pack.rollback = true;
         }
+        s.count_target.clear();
     };
     if (!alloc) {
         parallel_rows(layers, threads, [] { return LayerScratch{}; }, plan);
