@@ -1,4 +1,5 @@
-"""Copy the benchmark tables from bench/RESULTS.md and bench/QUALITY.md into README.md.
+"""Copy the benchmark tables from bench/RESULTS.md, bench/QUALITY.md, bench/MIGRATION.md and
+bench/README_compare.md into README.md.
 
     python bench/update_readme.py
 """
@@ -37,6 +38,20 @@ def quality_table() -> str:
     return machine + "\n\n" + "\n".join(rows)
 
 
+def compare_section() -> str:
+    """bench/README_compare.md (written by bench/bench_engines.py) without its heading."""
+    return (HERE / "README_compare.md").read_text().split("\n", 1)[1].strip()
+
+
+def migration_table() -> str:
+    """The first table of bench/MIGRATION.md, with its machine line."""
+    lines = (HERE / "MIGRATION.md").read_text().splitlines()
+    machine = next(line for line in lines if line.startswith("Machine:"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("| configuration |"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    return machine + "\n\n" + "\n".join(lines[start:end])
+
+
 def replace(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {name} -->\n).*?(\n<!-- /{name} -->)", re.S)
     if not pattern.search(text):
@@ -48,6 +63,8 @@ def main() -> None:
     text = README.read_text()
     text = replace(text, "bench-core", core_table())
     text = replace(text, "bench-quality", quality_table())
+    text = replace(text, "bench-compare", compare_section())
+    text = replace(text, "bench-migration", migration_table())
     README.write_text(text)
 
 

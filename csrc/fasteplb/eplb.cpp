@@ -1516,7 +1516,17 @@ double migrate_node(const double* w, int64_t n, const int64_t* target, const int
     }
     const int64_t placed = count_moves(old, slot_of, gpus, k, m.stamp, n);
     if (opt.refine != Refine::None && gpus > 1) {
-        sort_items(s.order, s.sort_buffer, s.sort_key, s.sort_rank, s.sort_seen);
+        // local_search reads only its bound off s.order: the heaviest item first and the
+        // k - 1 lightest last, which a selection provides without a full sort.
+        auto heavier = [](const Item& a, const Item& b) {
+            return a.w > b.w || (a.w == b.w && a.idx < b.idx);
+        };
+        std::iter_swap(s.order.begin(),
+                       std::min_element(s.order.begin(), s.order.end(), heavier));
+        if (k > 1) {
+            std::nth_element(s.order.begin() + 1, s.order.end() - (k - 1), s.order.end(),
+                             heavier);
+        }
         s.old_slot = old;
         s.move_budget = budget < 0 ? -1 : std::max<int64_t>(0, budget - placed);
         s.moves = 0;
