@@ -41,9 +41,15 @@ def _gpu_loads(phy2log: np.ndarray, weight: np.ndarray, num_gpus: int) -> np.nda
     logcnt = np.bincount(flat.ravel(), minlength=layers * experts).reshape(layers, experts)
     if (logcnt == 0).any():
         raise ValueError("phy2log must hold every logical expert at least once in every layer")
-    per_replica = weight / logcnt
-    slot_load = np.take_along_axis(per_replica, phy2log, axis=1)
-    return slot_load.reshape(layers, num_gpus, slots // num_gpus).sum(axis=2)
+    # Per (layer, GPU, expert): the replicas there, so that a GPU holding j of an expert's c
+    # replicas carries w * (j / c) in one rounding (w / c per slot underflows for tiny w).
+    gpu = np.arange(slots, dtype=np.int64) // (slots // num_gpus)
+    key = ((np.arange(layers, dtype=np.int64)[:, None] * num_gpus + gpu) * experts + phy2log)
+    pairs, held = np.unique(key.ravel(), return_counts=True)
+    row, e = pairs // experts // num_gpus, pairs % experts
+    share = weight[row, e] * (held / logcnt[row, e])
+    return np.bincount(pairs // experts, weights=share, minlength=layers * num_gpus).reshape(
+        layers, num_gpus)
 
 
 def _to_numpy(x: Any) -> Any:
