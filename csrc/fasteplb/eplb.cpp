@@ -1038,8 +1038,9 @@ struct MigrateScratch {
     std::vector<int64_t> cur, cnt, kept, by_expert, start, stamp, free_count, need, out;
     std::vector<double> gpu_load, item_w;
     std::vector<Item> fresh;
-    std::vector<PackNode> heap;
+    std::vector<PackNode> heap, passed;
     std::vector<Quotient> receivers, donors;
+    std::vector<std::pair<int64_t, int64_t>> surplus;
 };
 
 struct LayerScratch {
@@ -1072,20 +1073,12 @@ struct Shape {
     int64_t experts, replicas, groups, nodes, gpus;
 };
 
-// Steps 2 and 3 for a given groups -> nodes partition: replicate inside each node with budget
-// P/N, then pack each node's replicas onto its GPUs. Returns the layer's largest GPU load.
-double place_layer(const double* w, const Shape& sh, const Options& opt, LayerScratch& s,
-                   const int64_t* group_pack, const int64_t* group_rank, int64_t* out_phy2log,
-                   int64_t* out_phyrank, int64_t* out_logcnt) {
-    const int64_t E = sh.experts, P = sh.replicas;
-    const int64_t group_size = E / sh.groups;
+// "mlog" numbers experts node-major for the split (pack, rank): node n owns mlog ids
+// [n * E/N, (n + 1) * E/N). Fills s.log2mlog and s.mlog2log.
+void number_node_major(const Shape& sh, const int64_t* group_pack, const int64_t* group_rank,
+                       LayerScratch& s) {
+    const int64_t E = sh.experts, group_size = E / sh.groups;
     const int64_t groups_per_node = sh.groups / sh.nodes;
-    const int64_t experts_per_node = E / sh.nodes;
-    const int64_t slots_per_node = P / sh.nodes;
-    const int64_t gpus_per_node = sh.gpus / sh.nodes;
-    const int64_t slots_per_gpu = P / sh.gpus;
-
-    // "mlog" numbers experts node-major: node n owns mlog ids [n * E/N, (n + 1) * E/N).
     s.log2mlog.resize(static_cast<size_t>(E));
     s.mlog2log.resize(static_cast<size_t>(E));
     for (int64_t g = 0; g < sh.groups; ++g) {
@@ -1095,6 +1088,53 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
             s.mlog2log[base + j] = g * group_size + j;
         }
     }
+}
+
+// s.group_load: each group's load. Explicit sequential sums keep the reference bit-identical.
+void sum_groups(const double* w, const Shape& sh, LayerScratch& s) {
+    const int64_t group_size = sh.experts / sh.groups;
+    s.group_load.resize(static_cast<size_t>(sh.groups));
+    for (int64_t g = 0; g < sh.groups; ++g) {
+        double sum = 0.0;
+        for (int64_t j = 0; j < group_size; ++j) sum += w[g * group_size + j];
+        s.group_load[g] = sum;
+    }
+}
+
+// The groups -> nodes split the fresh planner uses (greedy, refined by opt.refine; exact for
+// refine="local" and few groups) into pack / rank [groups].
+void choose_split(const Shape& sh, const Options& opt, LayerScratch& s, int64_t* pack,
+                  int64_t* rank) {
+    const bool exact = opt.refine == Refine::Local && sh.groups <= kExactGroups &&
+                       sh.groups > sh.nodes && sh.nodes > 1;
+    // The exact split needs only the greedy's maximum as its starting bound.
+    const double greedy_nodes =
+        pack_one(s.group_load.data(), sh.groups, sh.nodes, exact ? Refine::None : opt.refine,
+                 opt.swap_rounds, s.pack, pack, rank);
+    if (exact) {
+        exact_partition(s.group_load.data(), sh.groups, sh.nodes, greedy_nodes, s.partition,
+                        pack, rank);
+    }
+}
+
+// The largest node load under the split `pack` (s.group_load must be current).
+double busiest_node(const Shape& sh, const int64_t* pack, LayerScratch& s) {
+    s.node_load.assign(static_cast<size_t>(sh.nodes), 0.0);
+    for (int64_t g = 0; g < sh.groups; ++g) s.node_load[pack[g]] += s.group_load[g];
+    return *std::max_element(s.node_load.begin(), s.node_load.end());
+}
+
+// Steps 2 and 3 for a given groups -> nodes partition: replicate inside each node with budget
+// P/N, then pack each node's replicas onto its GPUs. Returns the layer's largest GPU load.
+double place_layer(const double* w, const Shape& sh, const Options& opt, LayerScratch& s,
+                   const int64_t* group_pack, const int64_t* group_rank, int64_t* out_phy2log,
+                   int64_t* out_phyrank, int64_t* out_logcnt) {
+    const int64_t E = sh.experts, P = sh.replicas;
+    const int64_t experts_per_node = E / sh.nodes;
+    const int64_t slots_per_node = P / sh.nodes;
+    const int64_t gpus_per_node = sh.gpus / sh.nodes;
+    const int64_t slots_per_gpu = P / sh.gpus;
+    number_node_major(sh, group_pack, group_rank, s);
     s.mlogcnt.resize(static_cast<size_t>(E));
     s.mlog_load.resize(static_cast<size_t>(experts_per_node));
     s.experts.resize(static_cast<size_t>(experts_per_node));
@@ -1221,26 +1261,11 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
 
 void rebalance_layer(const double* w, const Shape& sh, const Options& opt, LayerScratch& s,
                      int64_t* out_phy2log, int64_t* out_phyrank, int64_t* out_logcnt) {
-    const int64_t group_size = sh.experts / sh.groups;
-    // Step 1: groups -> nodes. Explicit sequential sums keep the reference bit-identical.
-    s.group_load.resize(static_cast<size_t>(sh.groups));
-    for (int64_t g = 0; g < sh.groups; ++g) {
-        double sum = 0.0;
-        for (int64_t j = 0; j < group_size; ++j) sum += w[g * group_size + j];
-        s.group_load[g] = sum;
-    }
+    // Step 1: groups -> nodes.
+    sum_groups(w, sh, s);
     s.group_pack.resize(static_cast<size_t>(sh.groups));
     s.group_rank.resize(static_cast<size_t>(sh.groups));
-    const bool exact = opt.refine == Refine::Local && sh.groups <= kExactGroups &&
-                       sh.groups > sh.nodes && sh.nodes > 1;
-    // The exact split needs only the greedy's maximum as its starting bound.
-    const double greedy_nodes =
-        pack_one(s.group_load.data(), sh.groups, sh.nodes, exact ? Refine::None : opt.refine,
-                 opt.swap_rounds, s.pack, s.group_pack.data(), s.group_rank.data());
-    if (exact) {
-        exact_partition(s.group_load.data(), sh.groups, sh.nodes, greedy_nodes, s.partition,
-                        s.group_pack.data(), s.group_rank.data());
-    }
+    choose_split(sh, opt, s, s.group_pack.data(), s.group_rank.data());
     const double peak = place_layer(w, sh, opt, s, s.group_pack.data(), s.group_rank.data(),
                                     out_phy2log, out_phyrank, out_logcnt);
     if (opt.refine == Refine::None || sh.nodes == 1) return;
@@ -1257,9 +1282,7 @@ void rebalance_layer(const double* w, const Shape& sh, const Options& opt, Layer
     // already averages at least `peak`, that split cannot win: skip planning it. The margin
     // covers rounding in the sums (relative error below n * 2^-53 for n < 2^20 terms).
     const int64_t gpus_per_node = sh.gpus / sh.nodes;
-    s.node_load.assign(static_cast<size_t>(sh.nodes), 0.0);
-    for (int64_t g = 0; g < sh.groups; ++g) s.node_load[s.greedy_pack[g]] += s.group_load[g];
-    const double busiest = *std::max_element(s.node_load.begin(), s.node_load.end());
+    const double busiest = busiest_node(sh, s.greedy_pack.data(), s);
     if (peak <= busiest / static_cast<double>(gpus_per_node) * (1.0 - 1e-9)) return;
     s.alt_phy2log.resize(static_cast<size_t>(sh.replicas));
     s.alt_phyrank.resize(static_cast<size_t>(sh.replicas));
@@ -1402,22 +1425,18 @@ double migrate_node(const double* w, int64_t n, const int64_t* target, const int
         if (surplus <= 0) continue;
         int64_t* first = m.by_expert.data() + m.start[e];
         int64_t* last = m.by_expert.data() + m.start[e + 1];
-        // Co-located: a slot whose GPU already showed a copy at a lower slot.
-        m.kept.clear();
+        // (co-located, slot): co-located when its GPU already showed a copy at a lower slot.
+        m.surplus.clear();
         for (int64_t* p = first; p != last; ++p) {
-            const bool dup = p != first && *(p - 1) / k == *p / k;
-            m.kept.push_back(dup ? 1 : 0);
+            m.surplus.emplace_back(p != first && *(p - 1) / k == *p / k ? 1 : 0, *p);
         }
-        std::vector<std::pair<int64_t, int64_t>> order;  // (position, slot)
-        order.reserve(static_cast<size_t>(last - first));
-        for (int64_t j = 0; j < last - first; ++j) order.emplace_back(j, first[j]);
-        std::sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
-            if (m.kept[a.first] != m.kept[b.first]) return m.kept[a.first] > m.kept[b.first];
+        std::sort(m.surplus.begin(), m.surplus.end(), [&](const auto& a, const auto& b) {
+            if (a.first != b.first) return a.first > b.first;
             const double la = m.gpu_load[a.second / k], lb = m.gpu_load[b.second / k];
             return la > lb || (la == lb && a.second < b.second);
         });
         for (int64_t j = 0; j < surplus; ++j) {
-            const int64_t i = order[j].second;
+            const int64_t i = m.surplus[j].second;
             slot_of[i] = -1;
             m.gpu_load[i / k] -= item_load(e);
         }
@@ -1457,7 +1476,7 @@ double migrate_node(const double* w, int64_t n, const int64_t* target, const int
         }
         return false;
     };
-    std::vector<PackNode> passed;
+    std::vector<PackNode>& passed = m.passed;
     for (const Item& it : m.fresh) {
         passed.clear();
         PackNode pick = m.heap.front();
@@ -1646,18 +1665,9 @@ double migrate_split(const double* w, const int64_t* old, const Shape& sh, const
                      const int64_t* group_rank, int64_t* out_phy2log, int64_t* out_logcnt,
                      int64_t& moves) {
     const int64_t E = sh.experts, N = sh.nodes;
-    const int64_t group_size = E / sh.groups, groups_per_node = sh.groups / N;
     const int64_t experts_per_node = E / N, slots_per_node = sh.replicas / N;
     const int64_t gpus_per_node = sh.gpus / N, k = sh.replicas / sh.gpus;
-    s.log2mlog.resize(static_cast<size_t>(E));
-    s.mlog2log.resize(static_cast<size_t>(E));
-    for (int64_t g = 0; g < sh.groups; ++g) {
-        const int64_t base = (group_pack[g] * groups_per_node + group_rank[g]) * group_size;
-        for (int64_t j = 0; j < group_size; ++j) {
-            s.log2mlog[g * group_size + j] = base + j;
-            s.mlog2log[base + j] = g * group_size + j;
-        }
-    }
+    number_node_major(sh, group_pack, group_rank, s);
     // Old slots in node-local expert ids, -1 where a slot holds another node's expert.
     s.node_old.resize(static_cast<size_t>(sh.replicas));
     int64_t pools = 0;
@@ -1704,12 +1714,7 @@ double migrate_split(const double* w, const int64_t* old, const Shape& sh, const
     for (int64_t at = 0; at < N; ++at) {
         const int64_t node = s.node_order[at];
         const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
-        for (int64_t j = 0; j < experts_per_node; ++j) {
-            s.mlog_load[j] = w[mlog2log[j]];
-            s.experts[j] = Item{s.mlog_load[j], j};
-        }
-        sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
-                   s.pack.sort_seen);
+        for (int64_t j = 0; j < experts_per_node; ++j) s.mlog_load[j] = w[mlog2log[j]];
         // At two or three slots per GPU the fresh planner may tune Adams' counts; aim at the
         // counts it would tune to, so that an unchanged layer is not re-counted. Polishing a
         // fresh single-node plan reuses the target the fresh planner just computed.
@@ -1718,6 +1723,9 @@ double migrate_split(const double* w, const int64_t* old, const Shape& sh, const
         if (tune && N == 1 && s.count_target.size() == static_cast<size_t>(experts_per_node)) {
             s.trial_cnt.assign(s.count_target.begin(), s.count_target.end());
         } else {
+            for (int64_t j = 0; j < experts_per_node; ++j) s.experts[j] = Item{s.mlog_load[j], j};
+            sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
+                       s.pack.sort_seen);
             replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node,
                              s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
                              s.trial_cnt.data());
@@ -1776,35 +1784,17 @@ void migrate_layer(const double* w, const int64_t* old, const Shape& sh, const O
             peak = migrate_split(w, old, sh, opt, mig.max_moves, s, s.group_pack.data(),
                                  s.group_rank.data(), out_phy2log, out_logcnt, moves);
         } else {
-            const int64_t group_size = E / sh.groups;
-            s.group_load.resize(static_cast<size_t>(sh.groups));
-            for (int64_t g = 0; g < sh.groups; ++g) {
-                double sum = 0.0;
-                for (int64_t j = 0; j < group_size; ++j) sum += w[g * group_size + j];
-                s.group_load[g] = sum;
-            }
+            sum_groups(w, sh, s);
             old_split(old, sh, s, s.group_pack.data(), s.group_rank.data());
             peak = migrate_split(w, old, sh, opt, mig.max_moves, s, s.group_pack.data(),
                                  s.group_rank.data(), out_phy2log, out_logcnt, moves);
             // The best split the fresh planner would use, named after the old nodes.
             s.greedy_pack.resize(static_cast<size_t>(sh.groups));
             s.greedy_rank.resize(static_cast<size_t>(sh.groups));
-            const bool exact = opt.refine == Refine::Local && sh.groups <= kExactGroups &&
-                               sh.groups > sh.nodes;
-            const double split_peak =
-                pack_one(s.group_load.data(), sh.groups, sh.nodes, exact ? Refine::None : opt.refine,
-                         opt.swap_rounds, s.pack, s.greedy_pack.data(), s.greedy_rank.data());
-            if (exact) {
-                exact_partition(s.group_load.data(), sh.groups, sh.nodes, split_peak, s.partition,
-                                s.greedy_pack.data(), s.greedy_rank.data());
-            }
+            choose_split(sh, opt, s, s.greedy_pack.data(), s.greedy_rank.data());
             align_split(s.group_pack.data(), sh, s, s.greedy_pack.data());
-            s.node_load.assign(static_cast<size_t>(sh.nodes), 0.0);
-            for (int64_t g = 0; g < sh.groups; ++g) s.node_load[s.group_pack[g]] += s.group_load[g];
-            const double kept_nodes = *std::max_element(s.node_load.begin(), s.node_load.end());
-            s.node_load.assign(static_cast<size_t>(sh.nodes), 0.0);
-            for (int64_t g = 0; g < sh.groups; ++g) s.node_load[s.greedy_pack[g]] += s.group_load[g];
-            const double new_nodes = *std::max_element(s.node_load.begin(), s.node_load.end());
+            const double kept_nodes = busiest_node(sh, s.group_pack.data(), s);
+            const double new_nodes = busiest_node(sh, s.greedy_pack.data(), s);
             if (s.greedy_pack != s.group_pack && new_nodes < kept_nodes * (1.0 - kSplitGain)) {
                 s.alt_phy2log.resize(static_cast<size_t>(P));
                 s.alt_logcnt.resize(static_cast<size_t>(E));
