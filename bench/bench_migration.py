@@ -89,6 +89,18 @@ def run(config: tuple, sigma: float | str, count: int) -> dict:
     return out
 
 
+def table_head(drift: str) -> list[str]:
+    return [f"| configuration | {drift} | fresh moves | migration moves | ratio | fresh bal. | "
+            "migration bal. | diff | fresh ms | migration ms |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def table_row(config: tuple, drift: str, r: dict) -> str:
+    return (f"| {config[0]} | {drift} | {r['fresh_moves']:.0f} | {r['mig_moves']:.0f} | "
+            f"{r['ratio']:.0%} | {r['fresh_bal']:.4f} | {r['mig_bal']:.4f} | "
+            f"{r['mig_bal'] - r['fresh_bal']:+.4f} | {r['fresh_ms']:.2f} | {r['mig_ms']:.2f} |")
+
+
 def tradeoff(config: tuple, sigma: float, caps: list[int | None]) -> list[tuple]:
     _, layers, experts, shape = config
     gpus = shape[3]
@@ -121,18 +133,11 @@ def main() -> None:
         "expert; log-normal sigma-1 loads). Moves: weight copies per rebalance, whole model "
         "(`fasteplb.moves`). Balancedness: in-sample, mean over windows. Times: median ms.",
         "",
-        "| configuration | drift | fresh moves | migration moves | ratio | fresh bal. | "
-        "migration bal. | diff | fresh ms | migration ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *table_head("drift"),
     ]
     for config in CONFIGS:
         for drift, sigma in DRIFTS.items():
-            r = run(config, sigma, count)
-            lines.append(
-                f"| {config[0]} | {drift} ({sigma}) | {r['fresh_moves']:.0f} | "
-                f"{r['mig_moves']:.0f} | {r['ratio']:.0%} | {r['fresh_bal']:.4f} | "
-                f"{r['mig_bal']:.4f} | {r['mig_bal'] - r['fresh_bal']:+.4f} | "
-                f"{r['fresh_ms']:.2f} | {r['mig_ms']:.2f} |")
+            lines.append(table_row(config, f"{drift} ({sigma})", run(config, sigma, count)))
             print(lines[-1], flush=True)
     lines += [
         "",
@@ -143,18 +148,11 @@ def main() -> None:
         "correlation >= 0.999 within a regime): qwen3-like traffic (regimes of ~2000 steps, "
         "slow drift) and deepseek-v3-like (~300 steps, moderate drift).",
         "",
-        "| configuration | profile (drift) | fresh moves | migration moves | ratio | fresh bal. | "
-        "migration bal. | diff | fresh ms | migration ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *table_head("profile (drift)"),
     ]
     for config in CONFIGS:
         for profile, drift in PROFILES.items():
-            r = run(config, profile, count)
-            lines.append(
-                f"| {config[0]} | {profile} ({drift}) | {r['fresh_moves']:.0f} | "
-                f"{r['mig_moves']:.0f} | {r['ratio']:.0%} | {r['fresh_bal']:.4f} | "
-                f"{r['mig_bal']:.4f} | {r['mig_bal'] - r['fresh_bal']:+.4f} | "
-                f"{r['fresh_ms']:.2f} | {r['mig_ms']:.2f} |")
+            lines.append(table_row(config, f"{profile} ({drift})", run(config, profile, count)))
             print(lines[-1], flush=True)
     lines += ["", "## Trade-off over max_moves (moves per layer; one moderate-drift window)", ""]
     for config in CONFIGS[:2]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+import textwrap
 from typing import Any, NamedTuple
 
 import fasteplb
@@ -251,3 +253,13 @@ def both(name: str) -> tuple[Any, Any]:
         return native(*args, **kwargs)
 
     return swap_by_default, getattr(reference, name)
+
+
+def write_tree(root: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
+    """Writes {"a/b.py": source} under root (sources dedented); returns root. Used for the
+    engines' stand-in policy files."""
+    for member, code in files.items():
+        path = root.joinpath(*member.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(code).lstrip())
+    return root

@@ -11,11 +11,11 @@ import json
 import math
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from fasteplb import _bench, _peers
 from fasteplb.__main__ import main
+from helpers import write_tree
 
 pytest.importorskip("torch")
 
@@ -77,14 +77,6 @@ SGLANG_FILES = {
 TINY = ["--configs", "Mixtral", "--profiles", "near-uniform", "--windows", "2",
         "--window-steps", "5"]  # fmt: skip
 FIELDS = ("impl", "config", "profile", "time_ms", "balancedness_in", "balancedness_next", "moves")
-
-
-def write_tree(root, files):
-    for member, code in files.items():
-        path = root.joinpath(*member.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(code).lstrip())
-    return root
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from fasteplb import _peers
+from helpers import write_tree
 
 VLLM = "vllm/distributed/eplb/policy/"
 SGLANG = "sglang/srt/eplb/eplb_algorithms/"
@@ -107,14 +108,6 @@ STANDIN = {
             return row.repeat(layers, 1), None, None
     """,
 }
-
-
-def write_tree(root, files):
-    for member, code in files.items():
-        path = root.joinpath(*member.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(code).lstrip())
-    return root
 
 
 @pytest.fixture

@@ -118,6 +118,28 @@ def replication(rows: int, n: int, num_phy: Any) -> int:
 INT64_MAX = (1 << 63) - 1
 
 
+def to_numpy(x: Any) -> Any:
+    """A torch tensor as numpy (on the host); anything else as it is."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def expert_ids(x: Any, name: str) -> np.ndarray:
+    """`x` as a numpy array of expert ids, not yet converted (so that a huge view of the wrong
+    shape can be refused before it is copied): integers, or floats holding whole numbers."""
+    arr = np.asarray(to_numpy(x))
+    if arr.dtype.kind == "f":
+        if arr.size and (not np.isfinite(arr).all() or (arr != np.round(arr)).any()):
+            raise ValueError(f"{name} must hold integer expert ids")
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > INT64_MAX:
+        raise ValueError(f"{name} holds expert ids beyond int64")
+    return arr
+
+
 def migration(
     old_phy2log: Any, max_moves: Any, min_gain: Any, layers: int, num_replicas: int
 ) -> tuple[Any, int, float]:
@@ -128,22 +150,12 @@ def migration(
             if value is not None:
                 raise ValueError(f"{name} needs old_phy2log (the current placement)")
         return None, -1, 0.0
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(old_phy2log, torch.Tensor):
-        old_phy2log = old_phy2log.detach().cpu().numpy()
-    old = np.asarray(old_phy2log)
-    if old.dtype.kind == "f" and old.size:
-        if not np.isfinite(old).all() or (old != np.round(old)).any():
-            raise ValueError("old_phy2log must hold integer expert ids")
-    elif old.dtype.kind not in "iu" and not (old.dtype.kind == "f" and old.size == 0):
-        raise TypeError(f"old_phy2log must hold integers, got dtype {old.dtype}")
+    old = expert_ids(old_phy2log, "old_phy2log")
     if old.shape != (layers, num_replicas):
         raise ValueError(
             f"old_phy2log must have shape [layers={layers}, num_replicas={num_replicas}], "
             f"got {list(old.shape)}"
         )
-    if old.dtype.kind == "u" and old.size and old.max() > INT64_MAX:
-        raise ValueError("old_phy2log holds expert ids beyond int64")
     old = np.ascontiguousarray(old, dtype=np.int64)
     moves = -1 if max_moves is None else min(count("max_moves", max_moves, minimum=0), INT64_MAX)
     if min_gain is None:

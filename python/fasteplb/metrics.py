@@ -52,22 +52,9 @@ def _gpu_loads(phy2log: np.ndarray, weight: np.ndarray, num_gpus: int) -> np.nda
         layers, num_gpus)
 
 
-def _to_numpy(x: Any) -> Any:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return x
-
-
 def _slots(phy2log: Any, name: str = "phy2log") -> np.ndarray:
     """phy2log as int64 numpy; float entries must be whole numbers."""
-    arr = np.asarray(_to_numpy(phy2log))
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
-            raise ValueError(f"{name} must hold integer expert ids")
-    elif arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer tensor, got {arr.dtype}")
-    return arr.astype(np.int64)
+    return _checks.expert_ids(phy2log, name).astype(np.int64)
 
 
 def _inputs(phy2log: Any, weight: Any, num_gpus: Any) -> tuple[Weights, np.ndarray, int]:
@@ -518,7 +505,7 @@ def moved_bytes(old_phy2log: Any, new_phy2log: Any, num_gpus: int, bytes_per_exp
     """
     g = _checks.count("num_gpus", num_gpus)
     counts = _moves(_slots(old_phy2log, "old_phy2log"), _slots(new_phy2log, "new_phy2log"), g)
-    size = np.asarray(_to_numpy(bytes_per_expert), dtype=np.float64)
+    size = np.asarray(_checks.to_numpy(bytes_per_expert), dtype=np.float64)
     if size.ndim > 1 or (size.ndim == 1 and size.shape != counts.shape):
         raise ValueError(f"bytes_per_expert must be a number or [layers={counts.size}] values")
     if not (np.isfinite(size).all() and (size >= 0).all()):
