@@ -343,15 +343,17 @@ void separate_replicas(const double* w, int64_t m, int64_t c, PackScratch& s, do
     }
 }
 
-// The refinement of refine="local": repeatedly take the heaviest pack h and look, over every
-// other pack q, for the 1-for-1 swap (u in h, v in q, 0 < w_u - w_v < L_h - L_q) whose new
-// pair maximum max(L_h - d, L_q + d) is smallest, i.e. d closest to half the gap. Packs are
-// visited in ascending load and the scan stops once (L_h + L_q) / 2, the best any swap with q
-// could reach, is no better than the best found. Each pack keeps its items sorted by weight,
-// so partners are found by one forward sweep around w_u - gap / 2. Swaps never put a
-// second replica of a labelled expert into a pack. Stops when no swap lowers L_h, when the
-// maximum is within s.tolerance of the fixed-item lower bound, or after an iteration cap.
-// Each swap leaves both packs strictly below the old L_h, so the maximum never rises.
+// The refinement of refine="local": repeatedly take the heaviest pack h and, visiting the
+// other packs q in ascending load, swap with the first one that offers a 1-for-1 swap (u in
+// h, v in q, 0 < w_u - w_v < L_h - L_q) lowering L_h: of its swaps, the one whose new pair
+// maximum max(L_h - d, L_q + d) is smallest, i.e. d closest to half the gap. (Taking the
+// lightest pack that helps, rather than the best swap over all packs, costs a scan of one
+// or a few packs per step instead of dozens, and in our loads ends as balanced or better.)
+// Each pack keeps its items sorted by weight, so partners are found by one forward sweep
+// around w_u - gap / 2. Swaps never put a second replica of a labelled expert into a pack.
+// Stops when no swap lowers L_h, when the maximum is within s.tolerance of the fixed-item
+// lower bound, or after an iteration cap. Each swap leaves both packs strictly below the
+// old L_h, so the maximum never rises.
 void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
     double* load = s.load.data();
     int64_t* slot = s.slot.data();
@@ -424,10 +426,9 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         if (load[h] <= std::max(bound, s.floor) * (1.0 + s.tolerance)) break;
         double best = load[h];  // the pair maximum to beat
         int64_t best_u = -1, best_v = -1, best_q = -1, best_k = -1;
-        for (int64_t k = 0; k < m; ++k) {
+        for (int64_t k = 0; k < m && best_u < 0; ++k) {
             const int64_t q = visit[k];
             if (q == h) continue;
-            if (!((load[h] + load[q]) / 2.0 < best)) break;
             const double gap = load[h] - load[q];
             if (!(gap > 0.0)) break;
             const int64_t* qs = sorted + q * c;
@@ -744,36 +745,46 @@ void replicate_sorted(const double* w, int64_t n, int64_t num_phy, const Item* o
 // the pairing exactly, and keeps a move only if it lowers the heaviest pair.
 struct PairScratch {
     std::vector<int64_t> order;  // experts by (load per replica desc, index asc)
-    std::vector<double> worst;   // per expert, its heaviest pair
+    std::vector<int64_t> pos;    // pos[e]: expert e's place in order
+    std::vector<double> q;       // load per replica, w[e] / cnt[e]
+    std::vector<double> worst, trial_worst;  // per expert, its heaviest pair (GPU)
     std::vector<double> sums;
 };
 
-inline double per_replica(const double* w, const int64_t* cnt, int64_t e) {
-    return w[e] / static_cast<double>(cnt[e]);
-}
-
-// Moves expert order[at], whose count just changed, to its sorted place.
-void reorder(const double* w, const int64_t* cnt, std::vector<int64_t>& order, int64_t at) {
-    auto before = [&](int64_t x, int64_t y) {
-        const double qx = per_replica(w, cnt, x), qy = per_replica(w, cnt, y);
-        return qx > qy || (qx == qy && x < y);
-    };
-    sift_into_place(order.data(), static_cast<int64_t>(order.size()), at, before);
+// Expert e's count just changed: refresh its load per replica and move it to its sorted
+// place by adjacent steps (a count changes by one, so it moves a few places).
+void recount(const double* w, const int64_t* cnt, PairScratch& s, int64_t e) {
+    s.q[e] = w[e] / static_cast<double>(cnt[e]);
+    const double* q = s.q.data();
+    int64_t* order = s.order.data();
+    int64_t* pos = s.pos.data();
+    auto before = [q](int64_t x, int64_t y) { return q[x] > q[y] || (q[x] == q[y] && x < y); };
+    const int64_t n = static_cast<int64_t>(s.order.size());
+    int64_t at = pos[e];
+    for (; at > 0 && before(e, order[at - 1]); --at) {
+        order[at] = order[at - 1];
+        pos[order[at]] = at;
+    }
+    for (; at + 1 < n && before(order[at + 1], e); ++at) {
+        order[at] = order[at + 1];
+        pos[order[at]] = at;
+    }
+    order[at] = e;
+    pos[e] = at;
 }
 
 // The heaviest pair when the i-th heaviest replica is paired with the i-th lightest, walking
 // the experts' runs of equal replicas from both ends (O(n)); also its two experts and how
 // many pairs reach it (the tie-breaking objective: fewer pairs at the peak is progress too).
-double pairing_peak(const double* w, const int64_t* cnt, const std::vector<int64_t>& order,
+double pairing_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>& order,
                     int64_t pairs, int64_t* top, int64_t* bottom, int64_t* at_peak,
-                    double* worst = nullptr) {
+                    double* worst) {
     const int64_t n = static_cast<int64_t>(order.size());
     int64_t i = 0, j = n - 1;
     int64_t ri = cnt[order[0]], rj = cnt[order[n - 1]];
     double peak = -1.0;
     for (int64_t done = 0; done < pairs;) {
-        const double sum = i == j ? 2.0 * per_replica(w, cnt, order[i])
-                                  : per_replica(w, cnt, order[i]) + per_replica(w, cnt, order[j]);
+        const double sum = i == j ? 2.0 * q[order[i]] : q[order[i]] + q[order[j]];
         const int64_t take = i == j ? (pairs - done) : std::min({ri, rj, pairs - done});
         if (sum > peak) {
             peak = sum;
@@ -782,10 +793,8 @@ double pairing_peak(const double* w, const int64_t* cnt, const std::vector<int64
             *at_peak = 0;
         }
         if (sum == peak) *at_peak += take;
-        if (worst != nullptr) {
-            worst[order[i]] = std::max(worst[order[i]], sum);
-            worst[order[j]] = std::max(worst[order[j]], sum);
-        }
+        worst[order[i]] = std::max(worst[order[i]], sum);
+        worst[order[j]] = std::max(worst[order[j]], sum);
         done += take;
         if (i == j) break;
         ri -= take;
@@ -803,40 +812,48 @@ double pairing_peak(const double* w, const int64_t* cnt, const std::vector<int64
 }
 
 // The heaviest GPU when the replicas, heaviest first, are dealt to `gpus` GPUs in zig-zag
-// rounds (c rounds; for c = 2 this is pairing_peak's pairing): an O(slots) proxy for LPT at
-// small c. Reports like pairing_peak; top / bottom are the experts of the heaviest GPU's
+// rounds (for two slots per GPU this is pairing_peak's pairing): an O(slots) proxy for LPT
+// at small c. Reports like pairing_peak; top / bottom are the experts of the heaviest GPU's
 // first two replicas.
-double zigzag_peak(const double* w, const int64_t* cnt, const std::vector<int64_t>& order,
-                   int64_t gpus, int64_t c, std::vector<double>& sums, int64_t* top,
-                   int64_t* bottom, int64_t* at_peak, double* worst = nullptr) {
+double zigzag_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>& order,
+                   int64_t gpus, std::vector<double>& sums, int64_t* top, int64_t* bottom,
+                   int64_t* at_peak, double* worst) {
+    // The deal visits GPUs 0, 1, ..., G-1, G-1, ..., 1, 0, 0, 1, ...: each round ends where
+    // the next begins.
+    auto deal = [gpus](int64_t& g, int64_t& dir, int64_t& left) {
+        if (--left == 0) {
+            left = gpus;
+            dir = -dir;
+        } else {
+            g += dir;
+        }
+    };
     sums.assign(static_cast<size_t>(gpus), 0.0);
-    int64_t k = 0;
+    double* sum = sums.data();
+    int64_t g = 0, dir = 1, left = gpus;
     for (const int64_t e : order) {
-        const double q = per_replica(w, cnt, e);
-        for (int64_t r = 0; r < cnt[e]; ++r, ++k) {
-            const int64_t round = k / gpus, at = k % gpus;
-            sums[round % 2 == 0 ? at : gpus - 1 - at] += q;
+        for (int64_t r = 0; r < cnt[e]; ++r) {
+            sum[g] += q[e];
+            deal(g, dir, left);
         }
     }
-    (void)c;
     double peak = -1.0;
     int64_t g_peak = 0;
     *at_peak = 0;
-    for (int64_t g = 0; g < gpus; ++g) {
-        if (sums[g] > peak) {
-            peak = sums[g];
-            g_peak = g;
+    for (int64_t i = 0; i < gpus; ++i) {
+        if (sum[i] > peak) {
+            peak = sum[i];
+            g_peak = i;
             *at_peak = 0;
         }
-        *at_peak += sums[g] == peak;
+        *at_peak += sum[i] == peak;
     }
     // Second pass: the heaviest GPU's first two experts, and each expert's heaviest GPU.
-    k = 0;
     *top = *bottom = -1;
+    g = 0, dir = 1, left = gpus;
     for (const int64_t e : order) {
-        for (int64_t r = 0; r < cnt[e]; ++r, ++k) {
-            const int64_t round = k / gpus, at = k % gpus;
-            const int64_t g = round % 2 == 0 ? at : gpus - 1 - at;
+        double most = worst[e];
+        for (int64_t r = 0; r < cnt[e]; ++r) {
             if (g == g_peak) {
                 if (*top < 0) {
                     *top = e;
@@ -844,106 +861,104 @@ double zigzag_peak(const double* w, const int64_t* cnt, const std::vector<int64_
                     *bottom = e;
                 }
             }
-            if (worst != nullptr) worst[e] = std::max(worst[e], sums[g]);
+            most = std::max(most, sum[g]);
+            deal(g, dir, left);
         }
+        worst[e] = most;
     }
     if (*bottom < 0) *bottom = *top;
     return peak;
 }
 
-// Improves cnt (each >= 1, summing to the slot count) for c slots per GPU (2 exactly, by
-// pairing; 3 through the zig-zag proxy); returns whether the evaluated peak got lower.
+// Replica counts for two or three slots per GPU. With fixed replicas the best packing at two
+// slots pairs the i-th heaviest with the i-th lightest (LPT does exactly that), so at k = 2
+// everything that is left to gain lies in the counts: Adams' counts minimise the largest
+// replica, not the largest pair. This local search moves one replica at a time from a donor
+// (among the few experts whose replicas would grow least) to an expert of the heaviest pair
+// (GPU), re-evaluating the pairing exactly (at k = 3 through the zig-zag proxy), and takes
+// the first move that lowers the heaviest pair, or keeps it and reaches it fewer times.
+// Returns whether the evaluated peak got lower.
 bool improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, PairScratch& s) {
     constexpr int kDonors = 4;
     int64_t slots = 0;
     for (int64_t e = 0; e < n; ++e) slots += cnt[e];
     const int64_t gpus = slots / c;
-    auto evaluate = [&](int64_t* top, int64_t* bottom, int64_t* ties, double* worst) {
-        return c == 2 ? pairing_peak(w, cnt, s.order, gpus, top, bottom, ties, worst)
-                      : zigzag_peak(w, cnt, s.order, gpus, c, s.sums, top, bottom, ties, worst);
+    s.q.resize(static_cast<size_t>(n));
+    for (int64_t e = 0; e < n; ++e) s.q[e] = w[e] / static_cast<double>(cnt[e]);
+    const double* q = s.q.data();
+    auto evaluate = [&](int64_t* top, int64_t* bottom, int64_t* ties, std::vector<double>& worst) {
+        worst.assign(static_cast<size_t>(n), 0.0);
+        return c == 2 ? pairing_peak(q, cnt, s.order, gpus, top, bottom, ties, worst.data())
+                      : zigzag_peak(q, cnt, s.order, gpus, s.sums, top, bottom, ties,
+                                    worst.data());
     };
     s.order.resize(static_cast<size_t>(n));
     for (int64_t e = 0; e < n; ++e) s.order[e] = e;
-    std::sort(s.order.begin(), s.order.end(), [&](int64_t x, int64_t y) {
-        const double qx = per_replica(w, cnt, x), qy = per_replica(w, cnt, y);
-        return qx > qy || (qx == qy && x < y);
+    std::sort(s.order.begin(), s.order.end(), [q](int64_t x, int64_t y) {
+        return q[x] > q[y] || (q[x] == q[y] && x < y);
     });
+    s.pos.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) s.pos[s.order[i]] = i;
+    auto shift = [&](int64_t from, int64_t to) {  // one replica of `from` goes to `to`
+        --cnt[from];
+        ++cnt[to];
+        recount(w, cnt, s, from);
+        recount(w, cnt, s, to);
+    };
     int64_t top = 0, bottom = 0, ties = 0;
-    double peak = evaluate(&top, &bottom, &ties, nullptr);
+    double peak = evaluate(&top, &bottom, &ties, s.worst);
     const double start = peak;
     const int64_t cap = n + 8;
-    auto position = [&](int64_t e) {
-        return static_cast<int64_t>(std::find(s.order.begin(), s.order.end(), e) -
-                                    s.order.begin());
-    };
     for (int64_t iter = 0; iter < cap; ++iter) {
         // Donors: experts with >= 2 replicas whose heaviest pair has the most room left for
         // the growth of their replicas (peak - worst pair - growth), largest first.
-        s.worst.assign(static_cast<size_t>(n), 0.0);
-        {
-            int64_t t1 = 0, t2 = 0, t3 = 0;
-            evaluate(&t1, &t2, &t3, s.worst.data());
-        }
         int64_t donor[kDonors];
         double room[kDonors];
         int found = 0;
         for (int64_t e = 0; e < n; ++e) {
             if (cnt[e] < 2) continue;
-            const double growth = w[e] / static_cast<double>(cnt[e] - 1) - per_replica(w, cnt, e);
+            const double growth = w[e] / static_cast<double>(cnt[e] - 1) - q[e];
             const double r = peak - s.worst[e] - growth;
-            int pos = found < kDonors ? found++ : kDonors;
-            while (pos > 0 && r > room[pos - 1]) {
-                if (pos < kDonors) {
-                    donor[pos] = donor[pos - 1];
-                    room[pos] = room[pos - 1];
+            int at = found < kDonors ? found++ : kDonors;
+            while (at > 0 && r > room[at - 1]) {
+                if (at < kDonors) {
+                    donor[at] = donor[at - 1];
+                    room[at] = room[at - 1];
                 }
-                --pos;
+                --at;
             }
-            if (pos < kDonors) {
-                donor[pos] = e;
-                room[pos] = r;
+            if (at < kDonors) {
+                donor[at] = e;
+                room[at] = r;
             }
         }
-        double best = peak;
-        int64_t best_ties = ties;
-        int64_t best_a = -1, best_b = -1, next_top = 0, next_bottom = 0;
+        // The first improving move, takers before donors; its evaluation (and its per-expert
+        // worst pairs) carries over to the next step.
+        bool moved = false;
         const int64_t takers[2] = {top, bottom};
-        for (int t = 0; t < 2; ++t) {
+        for (int t = 0; t < 2 && !moved; ++t) {
             const int64_t b = takers[t];
             if (t == 1 && b == top) break;
             for (int d = 0; d < found; ++d) {
                 const int64_t a = donor[d];
                 if (a == b) continue;
-                --cnt[a];
-                ++cnt[b];
-                reorder(w, cnt, s.order, position(a));
-                reorder(w, cnt, s.order, position(b));
+                shift(a, b);
                 int64_t nt = 0, nb = 0, nties = 0;
-                const double trial = evaluate(&nt, &nb, &nties, nullptr);
-                // Undo: the order is a strict total order, so re-sorting restores it exactly.
-                ++cnt[a];
-                --cnt[b];
-                reorder(w, cnt, s.order, position(a));
-                reorder(w, cnt, s.order, position(b));
-                if (trial < best || (trial == best && nties < best_ties)) {
-                    best = trial;
-                    best_ties = nties;
-                    best_a = a;
-                    best_b = b;
-                    next_top = nt;
-                    next_bottom = nb;
+                const double trial = evaluate(&nt, &nb, &nties, s.trial_worst);
+                if (trial < peak || (trial == peak && nties < ties)) {
+                    peak = trial;
+                    ties = nties;
+                    top = nt;
+                    bottom = nb;
+                    s.worst.swap(s.trial_worst);
+                    moved = true;
+                    break;
                 }
+                // Undo: the order is a strict total order, so re-sorting restores it exactly.
+                shift(b, a);
             }
         }
-        if (best_a < 0) break;
-        --cnt[best_a];
-        ++cnt[best_b];
-        reorder(w, cnt, s.order, position(best_a));
-        reorder(w, cnt, s.order, position(best_b));
-        peak = best;
-        ties = best_ties;
-        top = next_top;
-        bottom = next_bottom;
+        if (!moved) break;
     }
     return peak < start;
 }
@@ -1147,7 +1162,7 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
     // greedy maximum up to `limit`.
     // Packs one node's replicas, as given by s.phy2mlog / s.phyrank / mlogcnt, onto its GPUs
     // and writes the node's slots; returns the node's largest GPU load.
-    auto pack_node = [&](int64_t node, double limit) {
+    auto pack_node = [&](int64_t node, double limit, Refine refine) {
         const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
         const int64_t* mlogcnt = s.mlogcnt.data() + node * experts_per_node;
         // The replicas in (load desc, slot asc) order, for the packer: experts that kept a
@@ -1171,7 +1186,7 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
         // refine="local" keeps replicas of one expert on different GPUs whenever the expert
         // has no more replicas than the node has GPUs.
         s.pack.label.clear();
-        if (opt.refine == Refine::Local) {
+        if (refine == Refine::Local) {
             s.pack.label.resize(static_cast<size_t>(slots_per_node));
             for (int64_t i = 0; i < slots_per_node; ++i) {
                 const int64_t cnt = mlogcnt[s.phy2mlog[i]];
@@ -1181,7 +1196,7 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
         s.pack.limit = limit;
         s.pack.greedy_peak = 0.0;
         const double node_peak =
-            pack_sorted(slots_per_node, gpus_per_node, opt.refine, opt.swap_rounds, s.pack,
+            pack_sorted(slots_per_node, gpus_per_node, refine, opt.swap_rounds, s.pack,
                         s.gpu_of_phy.data(), s.rank_on_gpu.data());
         int64_t* node_phy2log = out_phy2log + node * slots_per_node;
         int64_t* node_phyrank = out_phyrank + node * slots_per_node;
@@ -1206,10 +1221,9 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
         replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node,
                          s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
                          mlogcnt);
-        double node_peak = pack_node(node, limit);
         if (opt.refine != Refine::Local || slots_per_gpu > kCountSearchSlots ||
             slots_per_gpu < 2 || gpus_per_node < 2) {
-            return node_peak;
+            return pack_node(node, limit, opt.refine);
         }
         s.trial_cnt.assign(mlogcnt, mlogcnt + experts_per_node);
         const bool tuned = improve_counts(s.mlog_load.data(), experts_per_node, slots_per_gpu,
@@ -1219,25 +1233,23 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
             s.count_target.assign(tuned ? s.trial_cnt.data() : mlogcnt,
                                   (tuned ? s.trial_cnt.data() : mlogcnt) + experts_per_node);
         }
-        if (!tuned) return node_peak;
-        // Adams' counts are the baseline: the new counts are kept only if the packed node
-        // comes out strictly lighter.
-        const double greedy_peak = s.pack.greedy_peak;
-        int64_t* node_phy2log = out_phy2log + node * slots_per_node;
-        int64_t* node_phyrank = out_phyrank + node * slots_per_node;
+        if (!tuned) return pack_node(node, limit, Refine::Local);
+        // "Never worse than the greedy" refers to DeepSeek's plan, with Adams' counts: its
+        // plain LPT maximum is the baseline. The tuned counts are packed and refined, and
+        // kept when they come out strictly lighter; refining Adams' counts as well would
+        // double the work for the rare layer where tuning does not pay.
+        const double greedy_peak = pack_node(node, 0.0, Refine::None);
         s.kept_cnt.assign(mlogcnt, mlogcnt + experts_per_node);
-        s.kept_phy2log.assign(node_phy2log, node_phy2log + slots_per_node);
-        s.kept_phyrank.assign(node_phyrank, node_phyrank + slots_per_node);
         std::copy(s.trial_cnt.begin(), s.trial_cnt.end(), mlogcnt);
         layout_counts(experts_per_node, mlogcnt, s.phy2mlog.data(), s.phyrank.data());
-        // "Never worse than the greedy" refers to DeepSeek's plan, with Adams' counts.
-        const double trial = pack_node(node, std::max(limit, greedy_peak));
+        const double trial = pack_node(node, std::max(limit, greedy_peak), Refine::Local);
         s.pack.greedy_peak = greedy_peak;
-        if (trial < node_peak) return trial;
+        if (trial < greedy_peak) return trial;
         std::copy(s.kept_cnt.begin(), s.kept_cnt.end(), mlogcnt);
-        std::copy(s.kept_phy2log.begin(), s.kept_phy2log.end(), node_phy2log);
-        std::copy(s.kept_phyrank.begin(), s.kept_phyrank.end(), node_phyrank);
-        return node_peak;
+        replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node,
+                         s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
+                         mlogcnt);
+        return pack_node(node, limit, Refine::Local);
     };
     const bool local = opt.refine == Refine::Local;
     const double inf = std::numeric_limits<double>::infinity();
@@ -1984,20 +1996,6 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
         }
         rebalance_layer(weight + l * experts, sh, opt, s, phy2log + l * num_replicas,
                         phyrank + l * num_replicas, logcnt + l * experts);
-        const int64_t k = num_replicas / num_gpus;
-        if (opt.refine == Refine::Local && k >= 2 && k <= kCountSearchSlots) {
-            // At two or three slots per GPU the tuned counts are packed once; a full
-            // migration search from that plan (kept only if strictly better) makes the plan
-            // one that re-planning from it with the same loads leaves unchanged.
-            s.polish_old.assign(phy2log + l * num_replicas, phy2log + (l + 1) * num_replicas);
-            Migration self;
-            self.old_phy2log = s.polish_old.data();
-            s.pack.rollback = false;
-            migrate_layer(weight + l * experts, s.polish_old.data(), sh, opt, self, s,
-                          phy2log + l * num_replicas, phyrank + l * num_replicas,
-                          logcnt + l * experts);
-            s.pack.rollback = true;
-        }
         s.count_target.clear();
     };
     if (!alloc) {
