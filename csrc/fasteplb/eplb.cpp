@@ -168,11 +168,13 @@ struct PackScratch {
     // share a pack with anything. Empty: no labels.
     std::vector<int64_t> label;
     std::vector<int64_t> by_weight;  // [num_packs * per_pack]: items by (weight, index) asc
+    std::vector<double> by_weight_w;  // their weights
     std::vector<int64_t> visit;
     // refine="local" with labels keeps the label-respecting plan when its maximum is at most
     // max(limit, the plain greedy's maximum), and reports that greedy maximum.
     double limit = 0.0;
     double greedy_peak = 0.0;
+    bool need_greedy = true;  // false: the caller knows its greedy baseline (and set limit)
     bool diverted = false;  // the last lpt() moved an item off the lightest open pack
     // Migration: old_slot[q * c + r] is the expert pack q held at rank r in the old plan (-1:
     // none), expert_of[item] each item's expert. Swaps then count the copies they add (moves)
@@ -365,7 +367,9 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
     // Per-pack item lists sorted by (weight, index). LPT fills each pack in descending order,
     // so reversing the pack is nearly sorted and insertion sort only fixes ties and repairs.
     s.by_weight.resize(static_cast<size_t>(n));
+    s.by_weight_w.resize(static_cast<size_t>(n));
     int64_t* sorted = s.by_weight.data();
+    double* sorted_w = s.by_weight_w.data();
     auto lighter = [w](int64_t a, int64_t b) { return w[a] < w[b] || (w[a] == w[b] && a < b); };
     for (int64_t q = 0; q < m; ++q) {
         int64_t* a = sorted + q * c;
@@ -373,6 +377,7 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         for (int64_t i = 1; i < c; ++i) {
             for (int64_t j = i; j > 0 && lighter(a[j], a[j - 1]); --j) std::swap(a[j], a[j - 1]);
         }
+        for (int64_t i = 0; i < c; ++i) sorted_w[q * c + i] = w[a[i]];
     }
 
     // Fixed-item lower bound: the mean, and the heaviest item with the c - 1 lightest
@@ -398,6 +403,7 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         while (a[i] != out) ++i;
         a[i] = in;
         sift_into_place(a, c, i, lighter);
+        for (int64_t r = 0; r < c; ++r) sorted_w[q * c + r] = w[a[r]];
     };
     // Packs by ascending (load, index), kept sorted across iterations: a swap changes two
     // loads, which move by insertion.
@@ -433,35 +439,41 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
             if (!(gap > 0.0)) break;
             const int64_t* qs = sorted + q * c;
             const int64_t* hs = sorted + h * c;
+            const double* qw = sorted_w + q * c;
+            const double* hw = sorted_w + h * c;
+            // Whether the scan of one side for u stops at candidate j: at a swap no better
+            // than the best (further out only gets worse), or at one that is recorded.
+            auto stops_at = [&](int64_t ru, int64_t j) {
+                const int64_t u = hs[ru], v = qs[j];
+                const double d = hw[ru] - qw[j];
+                const double pair = std::max(load[h] - d, load[q] + d);
+                if (!(pair < best)) return true;
+                if (!(d > 0.0 && d < gap)) return false;
+                if (label != nullptr &&
+                    (holds_other(q, label[u], v) || holds_other(h, label[v], u))) {
+                    return false;
+                }
+                if (s.old_slot != nullptr && !affordable(s, swap_moves(s, c, h, u, q, v))) {
+                    return false;
+                }
+                best = pair;
+                best_u = u;
+                best_v = v;
+                best_q = q;
+                best_k = k;
+                return true;
+            };
             // u by ascending weight: the target w_u - gap / 2 only grows, so the first item
-            // of q at or above it is found by a pointer that only moves forward.
+            // of q at or above it is found by a pointer that only moves forward. Partners
+            // below it give d > gap / 2, those at or above it d <= gap / 2.
+            const double half = gap / 2.0;
             int64_t lo = 0;
             for (int64_t ru = 0; ru < c; ++ru) {
-                const int64_t u = hs[ru];
-                const double target = w[u] - gap / 2.0;
-                while (lo < c && w[qs[lo]] < target) ++lo;
-                for (int side = 0; side < 2; ++side) {
-                    for (int64_t j = side == 0 ? lo - 1 : lo; j >= 0 && j < c;
-                         j += side == 0 ? -1 : 1) {
-                        const int64_t v = qs[j];
-                        const double d = w[u] - w[v];
-                        const double pair = std::max(load[h] - d, load[q] + d);
-                        if (!(pair < best)) break;  // only gets worse further out
-                        if (!(d > 0.0 && d < gap)) continue;
-                        if (label != nullptr && (holds_other(q, label[u], v) ||
-                                                 holds_other(h, label[v], u))) {
-                            continue;
-                        }
-                        if (s.old_slot != nullptr && !affordable(s, swap_moves(s, c, h, u, q, v))) {
-                            continue;
-                        }
-                        best = pair;
-                        best_u = u;
-                        best_v = v;
-                        best_q = q;
-                        best_k = k;
-                        break;
-                    }
+                const double target = hw[ru] - half;
+                while (lo < c && qw[lo] < target) ++lo;
+                for (int64_t j = lo - 1; j >= 0 && !stops_at(ru, j); --j) {
+                }
+                for (int64_t j = lo; j < c && !stops_at(ru, j); ++j) {
                 }
             }
         }
@@ -612,6 +624,7 @@ void refine_local(int64_t n, int64_t m, int rounds, PackScratch& s) {
     local_search(s.weight.data(), m, c, s);
     const double refined = max_load(s);
     if (!diverted && refined <= std::max(s.greedy_peak, s.limit)) return;
+    if (!s.need_greedy && refined <= s.limit) return;
     std::vector<int64_t> kept_slot = s.slot;
     std::vector<double> kept_load = s.load;
     lpt(n, m, s, false);
@@ -747,8 +760,13 @@ struct PairScratch {
     std::vector<int64_t> order;  // experts by (load per replica desc, index asc)
     std::vector<int64_t> pos;    // pos[e]: expert e's place in order
     std::vector<double> q;       // load per replica, w[e] / cnt[e]
-    std::vector<double> worst, trial_worst;  // per expert, its heaviest pair (GPU)
-    std::vector<double> sums;
+    std::vector<double> worst;   // per expert, its heaviest GPU (worst_gpus)
+    // The search's start (Adams' counts): its evaluated peak, and its replica loads heaviest
+    // first, the order LPT places them in.
+    double start_peak = 0.0;
+    std::vector<double> start_loads;
+    std::vector<double> sums, replica;  // dealt_peak: per GPU; replicas heaviest first
+    std::vector<int64_t> owner;          // dealt_peak: each replica's expert
 };
 
 // Expert e's count just changed: refresh its load per replica and move it to its sorted
@@ -773,101 +791,74 @@ void recount(const double* w, const int64_t* cnt, PairScratch& s, int64_t e) {
     pos[e] = at;
 }
 
-// The heaviest pair when the i-th heaviest replica is paired with the i-th lightest, walking
-// the experts' runs of equal replicas from both ends (O(n)); also its two experts and how
-// many pairs reach it (the tie-breaking objective: fewer pairs at the peak is progress too).
-double pairing_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>& order,
-                    int64_t pairs, int64_t* top, int64_t* bottom, int64_t* at_peak,
-                    double* worst) {
-    const int64_t n = static_cast<int64_t>(order.size());
-    int64_t i = 0, j = n - 1;
-    int64_t ri = cnt[order[0]], rj = cnt[order[n - 1]];
-    double peak = -1.0;
-    for (int64_t done = 0; done < pairs;) {
-        const double sum = i == j ? 2.0 * q[order[i]] : q[order[i]] + q[order[j]];
-        const int64_t take = i == j ? (pairs - done) : std::min({ri, rj, pairs - done});
-        if (sum > peak) {
-            peak = sum;
-            *top = order[i];
-            *bottom = order[j];
-            *at_peak = 0;
+// The heaviest GPU when the replicas, heaviest first, are dealt to `gpus` GPUs in zig-zag
+// rounds (GPUs 0..G-1, then G-1..0, ...): GPU g holds replicas g, 2G-1-g, 2G+g, ... For two
+// slots per GPU this pairs the i-th heaviest replica with the i-th lightest, which is exactly
+// what LPT does; for three it is an O(slots) proxy for LPT. Also reports top / bottom, the
+// experts of that GPU's first two replicas; s.replica / s.owner keep the deal and s.sums the
+// GPU sums (see at_peak, worst_gpus).
+double dealt_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>& order,
+                  int64_t gpus, int64_t c, PairScratch& s, int64_t* top, int64_t* bottom) {
+    constexpr int64_t kUnrolled = 4;  // most experts have at most this many replicas
+    const int64_t slots = gpus * c;
+    s.replica.resize(static_cast<size_t>(slots + kUnrolled));
+    s.owner.resize(static_cast<size_t>(slots + kUnrolled));
+    s.sums.resize(static_cast<size_t>(gpus));
+    double* r = s.replica.data();
+    int64_t* owner = s.owner.data();
+    double* sum = s.sums.data();
+    int64_t k = 0;
+    for (const int64_t e : order) {
+        const int64_t n = cnt[e];
+        // Four writes without a loop; writes past the expert's run are overwritten by the
+        // next expert, or land in the padding.
+        for (int64_t t = 0; t < kUnrolled; ++t) {
+            r[k + t] = q[e];
+            owner[k + t] = e;
         }
-        if (sum == peak) *at_peak += take;
-        worst[order[i]] = std::max(worst[order[i]], sum);
-        worst[order[j]] = std::max(worst[order[j]], sum);
-        done += take;
-        if (i == j) break;
-        ri -= take;
-        rj -= take;
-        if (ri == 0) {
-            ++i;
-            ri = i == j ? rj : cnt[order[i]];
+        for (int64_t t = kUnrolled; t < n; ++t) {
+            r[k + t] = q[e];
+            owner[k + t] = e;
         }
-        if (rj == 0 && i <= j) {
-            --j;
-            rj = j == i ? ri : cnt[order[j]];
+        k += n;
+    }
+    // Round by round, in dealing order, so each GPU's sum is rounded as LPT's would be.
+    for (int64_t g = 0; g < gpus; ++g) sum[g] = r[g];
+    for (int64_t round = 1; round < c; ++round) {
+        const double* block = r + round * gpus;
+        if (round % 2 == 1) {
+            for (int64_t g = 0; g < gpus; ++g) sum[g] += block[gpus - 1 - g];
+        } else {
+            for (int64_t g = 0; g < gpus; ++g) sum[g] += block[g];
         }
     }
+    double peak = sum[0];
+    for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
+    int64_t g_peak = 0;
+    while (sum[g_peak] != peak) ++g_peak;
+    *top = owner[g_peak];
+    *bottom = c >= 2 ? owner[2 * gpus - 1 - g_peak] : *top;
     return peak;
 }
 
-// The heaviest GPU when the replicas, heaviest first, are dealt to `gpus` GPUs in zig-zag
-// rounds (for two slots per GPU this is pairing_peak's pairing): an O(slots) proxy for LPT
-// at small c. Reports like pairing_peak; top / bottom are the experts of the heaviest GPU's
-// first two replicas.
-double zigzag_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>& order,
-                   int64_t gpus, std::vector<double>& sums, int64_t* top, int64_t* bottom,
-                   int64_t* at_peak, double* worst) {
-    // The deal visits GPUs 0, 1, ..., G-1, G-1, ..., 1, 0, 0, 1, ...: each round ends where
-    // the next begins.
-    auto deal = [gpus](int64_t& g, int64_t& dir, int64_t& left) {
-        if (--left == 0) {
-            left = gpus;
-            dir = -dir;
-        } else {
-            g += dir;
-        }
-    };
-    sums.assign(static_cast<size_t>(gpus), 0.0);
-    double* sum = sums.data();
-    int64_t g = 0, dir = 1, left = gpus;
-    for (const int64_t e : order) {
-        for (int64_t r = 0; r < cnt[e]; ++r) {
-            sum[g] += q[e];
-            deal(g, dir, left);
+// worst[e]: the heaviest GPU holding a replica of e, in the last dealt_peak's deal.
+void worst_gpus(const PairScratch& s, int64_t gpus, int64_t c, std::vector<double>& worst) {
+    std::fill(worst.begin(), worst.end(), 0.0);
+    for (int64_t round = 0; round < c; ++round) {
+        const int64_t* block = s.owner.data() + round * gpus;
+        for (int64_t g = 0; g < gpus; ++g) {
+            const int64_t e = block[round % 2 == 0 ? g : gpus - 1 - g];
+            worst[e] = std::max(worst[e], s.sums[g]);
         }
     }
-    double peak = -1.0;
-    int64_t g_peak = 0;
-    *at_peak = 0;
-    for (int64_t i = 0; i < gpus; ++i) {
-        if (sum[i] > peak) {
-            peak = sum[i];
-            g_peak = i;
-            *at_peak = 0;
-        }
-        *at_peak += sum[i] == peak;
-    }
-    // Second pass: the heaviest GPU's first two experts, and each expert's heaviest GPU.
-    *top = *bottom = -1;
-    g = 0, dir = 1, left = gpus;
-    for (const int64_t e : order) {
-        double most = worst[e];
-        for (int64_t r = 0; r < cnt[e]; ++r) {
-            if (g == g_peak) {
-                if (*top < 0) {
-                    *top = e;
-                } else if (*bottom < 0) {
-                    *bottom = e;
-                }
-            }
-            most = std::max(most, sum[g]);
-            deal(g, dir, left);
-        }
-        worst[e] = most;
-    }
-    if (*bottom < 0) *bottom = *top;
-    return peak;
+}
+
+// How many GPUs of the last dealt_peak reach `peak` (the tie-breaking objective: fewer GPUs
+// at the peak is progress too).
+int64_t at_peak(const PairScratch& s, double peak) {
+    int64_t ties = 0;
+    for (const double x : s.sums) ties += x == peak;
+    return ties;
 }
 
 // Replica counts for two or three slots per GPU. With fixed replicas the best packing at two
@@ -886,11 +877,8 @@ bool improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, PairScr
     s.q.resize(static_cast<size_t>(n));
     for (int64_t e = 0; e < n; ++e) s.q[e] = w[e] / static_cast<double>(cnt[e]);
     const double* q = s.q.data();
-    auto evaluate = [&](int64_t* top, int64_t* bottom, int64_t* ties, std::vector<double>& worst) {
-        worst.assign(static_cast<size_t>(n), 0.0);
-        return c == 2 ? pairing_peak(q, cnt, s.order, gpus, top, bottom, ties, worst.data())
-                      : zigzag_peak(q, cnt, s.order, gpus, s.sums, top, bottom, ties,
-                                    worst.data());
+    auto evaluate = [&](int64_t* top, int64_t* bottom) {
+        return dealt_peak(q, cnt, s.order, gpus, c, s, top, bottom);
     };
     s.order.resize(static_cast<size_t>(n));
     for (int64_t e = 0; e < n; ++e) s.order[e] = e;
@@ -905,9 +893,14 @@ bool improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, PairScr
         recount(w, cnt, s, from);
         recount(w, cnt, s, to);
     };
-    int64_t top = 0, bottom = 0, ties = 0;
-    double peak = evaluate(&top, &bottom, &ties, s.worst);
+    int64_t top = 0, bottom = 0;
+    double peak = evaluate(&top, &bottom);
+    int64_t ties = at_peak(s, peak);
     const double start = peak;
+    s.start_peak = peak;
+    s.start_loads.assign(s.replica.begin(), s.replica.begin() + slots);
+    s.worst.resize(static_cast<size_t>(n));
+    worst_gpus(s, gpus, c, s.worst);
     const int64_t cap = n + 8;
     for (int64_t iter = 0; iter < cap; ++iter) {
         // Donors: experts with >= 2 replicas whose heaviest pair has the most room left for
@@ -932,8 +925,8 @@ bool improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, PairScr
                 room[at] = r;
             }
         }
-        // The first improving move, takers before donors; its evaluation (and its per-expert
-        // worst pairs) carries over to the next step.
+        // The first improving move, takers before donors; its evaluation carries over to the
+        // next step.
         bool moved = false;
         const int64_t takers[2] = {top, bottom};
         for (int t = 0; t < 2 && !moved; ++t) {
@@ -943,14 +936,14 @@ bool improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, PairScr
                 const int64_t a = donor[d];
                 if (a == b) continue;
                 shift(a, b);
-                int64_t nt = 0, nb = 0, nties = 0;
-                const double trial = evaluate(&nt, &nb, &nties, s.trial_worst);
-                if (trial < peak || (trial == peak && nties < ties)) {
+                int64_t nt = 0, nb = 0;
+                const double trial = evaluate(&nt, &nb);
+                if (trial < peak || (trial == peak && at_peak(s, trial) < ties)) {
                     peak = trial;
-                    ties = nties;
+                    ties = at_peak(s, trial);
                     top = nt;
                     bottom = nb;
-                    s.worst.swap(s.trial_worst);
+                    worst_gpus(s, gpus, c, s.worst);
                     moved = true;
                     break;
                 }
@@ -1069,7 +1062,7 @@ struct LayerScratch {
     std::vector<Item> experts, single, multi;
     PartitionScratch partition;
     PairScratch pairs;
-    std::vector<int64_t> trial_cnt, kept_cnt, kept_phy2log, kept_phyrank;
+    std::vector<int64_t> trial_cnt, kept_cnt;
     // Migration.
     MigrateScratch migrate;
     std::vector<int64_t> count_target;  // fresh single-node plan's count target, for its polish
@@ -1237,12 +1230,25 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
         // "Never worse than the greedy" refers to DeepSeek's plan, with Adams' counts: its
         // plain LPT maximum is the baseline. The tuned counts are packed and refined, and
         // kept when they come out strictly lighter; refining Adams' counts as well would
-        // double the work for the rare layer where tuning does not pay.
-        const double greedy_peak = pack_node(node, 0.0, Refine::None);
+        // double the work for the rare layer where tuning does not pay. LPT's maximum
+        // depends only on the sequence of loads it places: at two slots per GPU it is the
+        // search's evaluated start, otherwise LPT over the start's replica loads.
+        double greedy_peak = s.pairs.start_peak;
+        if (slots_per_gpu > 2) {
+            const std::vector<double>& loads = s.pairs.start_loads;
+            s.pack.order.resize(loads.size());
+            for (size_t i = 0; i < loads.size(); ++i) {
+                s.pack.order[i] = Item{loads[i], static_cast<int64_t>(i)};
+            }
+            lpt(slots_per_node, gpus_per_node, s.pack, false);
+            greedy_peak = max_load(s.pack);
+        }
         s.kept_cnt.assign(mlogcnt, mlogcnt + experts_per_node);
         std::copy(s.trial_cnt.begin(), s.trial_cnt.end(), mlogcnt);
         layout_counts(experts_per_node, mlogcnt, s.phy2mlog.data(), s.phyrank.data());
+        s.pack.need_greedy = false;
         const double trial = pack_node(node, std::max(limit, greedy_peak), Refine::Local);
+        s.pack.need_greedy = true;
         s.pack.greedy_peak = greedy_peak;
         if (trial < greedy_peak) return trial;
         std::copy(s.kept_cnt.begin(), s.kept_cnt.end(), mlogcnt);
