@@ -20,16 +20,18 @@ class Weights:
     `array`: [rows, cols] float64; `device`: the torch device, or None for numpy input.
     """
 
-    __slots__ = ("_array", "_source", "device", "shape")
+    __slots__ = ("_array", "_source", "_cpu", "device", "shape")
 
     def __init__(self, weight: Any) -> None:
         self._array: Optional[np.ndarray] = None
         torch = _torch()
         if torch is not None and isinstance(weight, torch.Tensor):
-            if weight.is_complex() or weight.dtype == torch.bool:
-                raise TypeError(f"weight must have a real or integer dtype, got {weight.dtype}")
+            dtype = weight.dtype
+            if dtype.is_complex or dtype == torch.bool:
+                raise TypeError(f"weight must have a real or integer dtype, got {dtype}")
             self._source = weight.detach()
             self.device = weight.device
+            self._cpu = self.device.type == "cpu"
             self.shape = tuple(weight.shape)
             return
         if isinstance(weight, np.ndarray) and weight.dtype.kind in "iuf":
@@ -43,6 +45,7 @@ class Weights:
             raise TypeError(f"weight must have a real or integer dtype, got {arr.dtype}")
         self._source = arr
         self.device = None
+        self._cpu = True
         self.shape = arr.shape
 
     @property
@@ -55,13 +58,19 @@ class Weights:
         source = self._source
         if self.device is None:
             return np.ascontiguousarray(source, dtype=np.float64)
+        if self._cpu:
+            # A host tensor is viewed as numpy (no copy) and converted there in one pass;
+            # dtypes numpy lacks (bfloat16) and tensors numpy cannot view (a pending conj or
+            # neg bit) take torch's copy below.
+            try:
+                view = source.numpy()
+            except (TypeError, RuntimeError):
+                pass
+            else:
+                return np.ascontiguousarray(view, dtype=np.float64)
         torch = _torch()
-        if source.device.type == "cpu" and source.dtype == torch.float64 and (
-            source.is_contiguous()
-        ):
-            return source.numpy()
         # A single copy does the device transfer, the dtype change and the re-layout.
-        host = torch.empty(tuple(source.shape), dtype=torch.float64)
+        host = torch.empty(self.shape, dtype=torch.float64)
         host.copy_(source)
         return host.numpy()
 
@@ -71,7 +80,7 @@ class Weights:
             return outputs
         torch = _torch()
         tensors = tuple(torch.from_numpy(o) for o in outputs)
-        if self.device.type == "cpu":
+        if self._cpu:
             return tensors
         # One host-to-device transfer for all outputs, then views into it.
         flat = torch.cat([t.reshape(-1) for t in tensors]).to(self.device)
