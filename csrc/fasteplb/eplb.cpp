@@ -432,9 +432,13 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         if (load[h] <= std::max(bound, s.floor) * (1.0 + s.tolerance)) break;
         double best = load[h];  // the pair maximum to beat
         int64_t best_u = -1, best_v = -1, best_q = -1, best_k = -1;
-        for (int64_t k = 0; k < m && best_u < 0; ++k) {
+        for (int64_t k = 0; k < m; ++k) {
+            // Fresh plans take the lightest pack that helps; migration weighs every pack (the
+            // swap it picks decides which copies are made), while one could still do better.
+            if (best_u >= 0 && s.old_slot == nullptr) break;
             const int64_t q = visit[k];
             if (q == h) continue;
+            if (!((load[h] + load[q]) / 2.0 < best)) break;
             const double gap = load[h] - load[q];
             if (!(gap > 0.0)) break;
             const int64_t* qs = sorted + q * c;
