@@ -1069,7 +1069,7 @@ struct LayerScratch {
     std::vector<Item> experts, single, multi;
     PartitionScratch partition;
     PairScratch pairs;
-    std::vector<int64_t> trial_cnt, kept_cnt;
+    std::vector<int64_t> trial_cnt, kept_cnt, seen;
     // Migration.
     MigrateScratch migrate;
     std::vector<int64_t> count_target;  // fresh single-node plan's count target, for its polish
@@ -1234,6 +1234,34 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
                                   (tuned ? s.trial_cnt.data() : mlogcnt) + experts_per_node);
         }
         if (!tuned) return pack_node(node, limit, Refine::Local);
+        if (slots_per_gpu == 2) {
+            // Two slots per GPU: pairing the i-th heaviest replica with the i-th lightest is
+            // the best packing of the tuned counts (and LPT's), so it is written directly,
+            // unless it would pair two replicas of one expert.
+            PairScratch& ps = s.pairs;
+            int64_t top = 0, bottom = 0;
+            const double peak = dealt_peak(ps.q.data(), s.trial_cnt.data(), ps.order,
+                                           gpus_per_node, 2, ps, &top, &bottom);
+            const int64_t* owner = ps.owner.data();
+            const int64_t last = 2 * gpus_per_node - 1;
+            bool apart = true;
+            for (int64_t g = 0; g < gpus_per_node; ++g) apart &= owner[g] != owner[last - g];
+            if (apart) {
+                std::copy(s.trial_cnt.begin(), s.trial_cnt.end(), mlogcnt);
+                int64_t* node_phy2log = out_phy2log + node * slots_per_node;
+                int64_t* node_phyrank = out_phyrank + node * slots_per_node;
+                s.seen.assign(static_cast<size_t>(experts_per_node), 0);
+                for (int64_t g = 0; g < gpus_per_node; ++g) {
+                    for (int64_t j = 0; j < 2; ++j) {
+                        const int64_t e = owner[j == 0 ? g : last - g];
+                        node_phy2log[2 * g + j] = mlog2log[e];
+                        node_phyrank[2 * g + j] = s.seen[e]++;
+                    }
+                }
+                s.pack.greedy_peak = s.pairs.start_peak;
+                return peak;
+            }
+        }
         // "Never worse than the greedy" refers to DeepSeek's plan, with Adams' counts: its
         // plain LPT maximum is the baseline. The tuned counts are packed and refined, and
         // kept when they come out strictly lighter; refining Adams' counts as well would
