@@ -182,6 +182,9 @@ struct PackScratch {
     double limit = 0.0;
     double greedy_peak = 0.0;
     bool need_greedy = true;  // false: the caller knows its greedy baseline (and set limit)
+    bool every_pack = false;  // local search weighs every pack, not the first that helps
+    // Local search does not stop at the bound's tolerance before its maximum is <= goal.
+    double goal = std::numeric_limits<double>::infinity();
     bool diverted = false;  // the last lpt() moved an item off the lightest open pack
     // Migration: old_slot[q * c + r] is the expert pack q held at rank r in the old plan (-1:
     // none), expert_of[item] each item's expert. Swaps then count the copies they add (moves)
@@ -436,13 +439,14 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
     const double start_peak = load[visit[m - 1]];
     for (int64_t iter = 0; iter < cap; ++iter) {
         const int64_t h = visit[m - 1];  // the heaviest pack (ties: the higher index)
-        if (load[h] <= std::max(bound, s.floor) * (1.0 + s.tolerance)) break;
+        if (load[h] <= std::min(std::max(bound, s.floor) * (1.0 + s.tolerance), s.goal)) break;
         double best = load[h];  // the pair maximum to beat
         int64_t best_u = -1, best_v = -1, best_q = -1, best_k = -1;
         for (int64_t k = 0; k < m; ++k) {
             // Fresh plans take the lightest pack that helps; migration weighs every pack (the
-            // swap it picks decides which copies are made), while one could still do better.
-            if (best_u >= 0 && s.old_slot == nullptr) break;
+            // swap it picks decides which copies are made), while one could still do better,
+            // and so do refine_local's retries.
+            if (best_u >= 0 && s.old_slot == nullptr && !s.every_pack) break;
             const int64_t q = visit[k];
             if (q == h) continue;
             if (!((load[h] + load[q]) / 2.0 < best)) break;
@@ -646,13 +650,27 @@ void refine_local(int64_t n, int64_t m, int rounds, PackScratch& s) {
         s.load.swap(kept_load);
         return;
     }
+    // The retries must reach the greedy's maximum, even where that lies within the bound's
+    // tolerance (the first search may have stopped there).
+    s.goal = allowed;
     local_search(s.weight.data(), m, c, s);
-    if (max_load(s) <= allowed) return;
-    // Another start: the seed's plan (plain LPT, then the max/min swaps), its replicas
-    // separated, then searched.
-    lpt(n, m, s, false);
-    swap_refine(s.weight.data(), m, c, rounds, s);
-    local_search(s.weight.data(), m, c, s);
+    if (max_load(s) <= allowed) {
+        s.goal = std::numeric_limits<double>::infinity();
+        return;
+    }
+    // Other starts: the label-aware LPT again, and the seed's plan (plain LPT, then the
+    // max/min swaps), its replicas separated; each searched weighing every pack, since the
+    // lightest pack that helps can lead into a dead end that labels make likelier, and the
+    // seed's plan also with the first pack that helps.
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        lpt(n, m, s, attempt == 0);
+        if (attempt > 0) swap_refine(s.weight.data(), m, c, rounds, s);
+        s.every_pack = attempt != 1;
+        local_search(s.weight.data(), m, c, s);
+        s.every_pack = false;
+        if (max_load(s) <= allowed) break;
+    }
+    s.goal = std::numeric_limits<double>::infinity();
     if (max_load(s) <= allowed) return;
     // Keeping replicas apart costs balance here: plan without labels, then separate what can
     // be separated without raising the maximum.
