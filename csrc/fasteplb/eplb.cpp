@@ -196,7 +196,6 @@ struct PackScratch {
     // the caller cannot get below anyway (migration: the layer's busiest node mean).
     double tolerance = kBoundTolerance, floor = 0.0;
     std::vector<SwapRecord> swap_log;  // migration: the swaps made, to undo the least useful
-    bool rollback = true;              // migration: undo them (false: keep every swap)
 };
 
 // Copies that swapping item u (pack h) with item v (pack q) adds, minus those it saves: a pack
@@ -510,7 +509,7 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
         reposition(at);
         if (s.old_slot != nullptr) s.swap_log.push_back(SwapRecord{h, best_u, q, best_v, load[visit[m - 1]]});
     }
-    if (s.old_slot == nullptr || s.swap_log.empty() || !s.rollback) return;
+    if (s.old_slot == nullptr || s.swap_log.empty()) return;
     // Migration: the last swaps often buy little balance for their copies. Keep the shortest
     // prefix of the swaps that ends within kRollback of the final maximum; undo the rest.
     const double enough = s.swap_log.back().peak * (1.0 + kRollback);
@@ -1090,8 +1089,7 @@ struct LayerScratch {
     std::vector<int64_t> trial_cnt, kept_cnt, seen;
     // Migration.
     MigrateScratch migrate;
-    std::vector<int64_t> count_target;  // fresh single-node plan's count target, for its polish
-    std::vector<int64_t> old_cnt, new_cnt, polish_old, node_old, node_out, overlap, pairs_order, node_fill,
+    std::vector<int64_t> old_cnt, new_cnt, node_old, node_out, overlap, pairs_order, node_fill,
         rename, node_order;
 };
 
@@ -1246,11 +1244,6 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
         s.trial_cnt.assign(mlogcnt, mlogcnt + experts_per_node);
         const bool tuned = improve_counts(s.mlog_load.data(), experts_per_node, slots_per_gpu,
                                           s.trial_cnt.data(), s.pairs);
-        if (sh.nodes == 1) {
-            // The count target a re-plan from this plan aims at (see migrate_split).
-            s.count_target.assign(tuned ? s.trial_cnt.data() : mlogcnt,
-                                  (tuned ? s.trial_cnt.data() : mlogcnt) + experts_per_node);
-        }
         if (!tuned) return pack_node(node, limit, Refine::Local);
         if (slots_per_gpu == 2) {
             // Two slots per GPU: pairing the i-th heaviest replica with the i-th lightest is
@@ -1787,21 +1780,15 @@ double migrate_split(const double* w, const int64_t* old, const Shape& sh, const
         const int64_t* mlog2log = s.mlog2log.data() + node * experts_per_node;
         for (int64_t j = 0; j < experts_per_node; ++j) s.mlog_load[j] = w[mlog2log[j]];
         // At two or three slots per GPU the fresh planner may tune Adams' counts; aim at the
-        // counts it would tune to, so that an unchanged layer is not re-counted. Polishing a
-        // fresh single-node plan reuses the target the fresh planner just computed.
+        // counts it would tune to, so that an unchanged layer is not re-counted.
         const bool tune = opt.refine == Refine::Local && k <= kCountSearchSlots && k >= 2 &&
                           gpus_per_node >= 2;
-        if (tune && N == 1 && s.count_target.size() == static_cast<size_t>(experts_per_node)) {
-            s.trial_cnt.assign(s.count_target.begin(), s.count_target.end());
-        } else {
-            for (int64_t j = 0; j < experts_per_node; ++j) s.experts[j] = Item{s.mlog_load[j], j};
-            sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
-                       s.pack.sort_seen);
-            replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node,
-                             s.experts.data(), s.quotients, s.phy2mlog.data(), s.phyrank.data(),
-                             s.trial_cnt.data());
-        }
-        if (tune && !(N == 1 && s.count_target.size() == static_cast<size_t>(experts_per_node))) {
+        for (int64_t j = 0; j < experts_per_node; ++j) s.experts[j] = Item{s.mlog_load[j], j};
+        sort_items(s.experts, s.pack.sort_buffer, s.pack.sort_key, s.pack.sort_rank,
+                   s.pack.sort_seen);
+        replicate_sorted(s.mlog_load.data(), experts_per_node, slots_per_node, s.experts.data(),
+                         s.quotients, s.phy2mlog.data(), s.phyrank.data(), s.trial_cnt.data());
+        if (tune) {
             s.kept_cnt = s.trial_cnt;
             if (!improve_counts(s.mlog_load.data(), experts_per_node, k, s.trial_cnt.data(),
                                 s.pairs)) {
@@ -2046,7 +2033,6 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
     if (num_groups % num_nodes != 0) sh.groups = sh.nodes = 1;  // global policy
     const int threads = threads_for(opt, layers, num_replicas);
     auto plan = [&](LayerScratch& s, int64_t l) {
-        s.count_target.clear();
         if (mig.old_phy2log != nullptr) {
             migrate_layer(weight + l * experts, mig.old_phy2log + l * num_replicas, sh, opt, mig,
                           s, phy2log + l * num_replicas, phyrank + l * num_replicas,
@@ -2055,7 +2041,6 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
         }
         rebalance_layer(weight + l * experts, sh, opt, s, phy2log + l * num_replicas,
                         phyrank + l * num_replicas, logcnt + l * experts);
-        s.count_target.clear();
     };
     if (!alloc) {
         parallel_rows(layers, threads, [] { return LayerScratch{}; }, plan);

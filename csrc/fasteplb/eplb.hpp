@@ -14,7 +14,8 @@ namespace fasteplb {
 enum class Refine {
     None,   // DeepSeek's greedy (LPT with cardinality) only
     Swap,   // greedy, then max/min pair swaps (the seed's refinement)
-    Local,  // greedy, then max-vs-any best-improvement swaps, no co-located replicas
+    Local,  // greedy, then swaps of the heaviest pack with the lightest that helps, no
+            // co-located replicas
 };
 
 struct Options {

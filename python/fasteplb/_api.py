@@ -34,8 +34,9 @@ def rebalance_experts(
         num_groups: expert groups K (the number of experts must be a multiple of it)
         num_nodes: server nodes N (``num_gpus`` must be a multiple of it)
         num_gpus: GPUs G; each holds ``P // G`` slots, GPU g owns slots [g*k, (g+1)*k)
-        refine: ``"local"`` (default: greedy, then best-improvement swaps of the heaviest GPU
-            with any other, never two replicas of one expert on a GPU while avoidable),
+        refine: ``"local"`` (default: greedy, then swaps of the heaviest GPU with the
+            lightest GPU that can relieve it, never two replicas of one expert on a GPU while
+            avoidable),
             ``"swap"`` (greedy, then the seed's max/min pair swaps) or ``"none"`` (DeepSeek's
             greedy exactly)
         swap_rounds: most swaps per packing call with ``refine="swap"``

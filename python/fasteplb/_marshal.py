@@ -20,7 +20,7 @@ class Weights:
     `array`: [rows, cols] float64; `device`: the torch device, or None for numpy input.
     """
 
-    __slots__ = ("_array", "_source", "_cpu", "device", "shape")
+    __slots__ = ("_array", "_cpu", "_source", "device", "shape")
 
     def __init__(self, weight: Any) -> None:
         self._array: Optional[np.ndarray] = None
