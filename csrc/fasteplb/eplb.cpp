@@ -1253,10 +1253,25 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
             int64_t top = 0, bottom = 0;
             const double peak = dealt_peak(ps.q.data(), s.trial_cnt.data(), ps.order,
                                            gpus_per_node, 2, ps, &top, &bottom);
-            const int64_t* owner = ps.owner.data();
+            int64_t* owner = ps.owner.data();
+            const double* r = ps.replica.data();
             const int64_t last = 2 * gpus_per_node - 1;
+            // Only the expert whose replicas straddle the middle can be paired with itself,
+            // in pairs g0..G-1. Each such pair trades its second replica with the next pair
+            // outwards, whose heavier replica then meets one of that expert's: kept when no
+            // sum exceeds the peak (then the pairing is still the best).
+            int64_t g0 = gpus_per_node;
+            while (g0 > 0 && owner[g0 - 1] == owner[last - (g0 - 1)]) --g0;
             bool apart = true;
-            for (int64_t g = 0; g < gpus_per_node; ++g) apart &= owner[g] != owner[last - g];
+            for (int64_t g = gpus_per_node - 1, alt = g0 - 1; g >= g0; --g, --alt) {
+                const int64_t e = owner[g];
+                if (alt < 0 || owner[alt] == e || owner[last - alt] == e ||
+                    !(r[alt] + r[last - g] <= peak)) {
+                    apart = false;
+                    break;
+                }
+                std::swap(owner[last - g], owner[last - alt]);
+            }
             if (apart) {
                 std::copy(s.trial_cnt.begin(), s.trial_cnt.end(), mlogcnt);
                 int64_t* node_phy2log = out_phy2log + node * slots_per_node;
