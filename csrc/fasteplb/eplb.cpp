@@ -778,12 +778,7 @@ void replicate_sorted(const double* w, int64_t n, int64_t num_phy, const Item* o
     }
 }
 
-// Replica counts for two slots per GPU. With fixed replicas the best packing pairs the i-th
-// heaviest with the i-th lightest (LPT does exactly that), so at k = 2 everything that is
-// left to gain lies in the counts: Adams' counts minimise the largest replica, not the
-// largest pair. This local search moves one replica at a time from a donor (among the few
-// experts whose replicas would grow least) to an expert of the heaviest pair, re-evaluating
-// the pairing exactly, and keeps a move only if it lowers the heaviest pair.
+// Scratch of the replica-count search (improve_counts).
 struct PairScratch {
     std::vector<int64_t> order;  // experts by (load per replica desc, index asc)
     std::vector<int64_t> pos;    // pos[e]: expert e's place in order
