@@ -1169,8 +1169,6 @@ double place_layer(const double* w, const Shape& sh, const Options& opt, LayerSc
     s.phyrank.resize(static_cast<size_t>(slots_per_node));
     s.gpu_of_phy.resize(static_cast<size_t>(slots_per_node));
     s.rank_on_gpu.resize(static_cast<size_t>(slots_per_node));
-    // Plans one node; with refine="local" its label-respecting plan may exceed that node's
-    // greedy maximum up to `limit`.
     // Packs one node's replicas, as given by s.phy2mlog / s.phyrank / mlogcnt, onto its GPUs
     // and writes the node's slots; returns the node's largest GPU load.
     auto pack_node = [&](int64_t node, double limit, Refine refine) {
