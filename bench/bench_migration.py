@@ -15,7 +15,6 @@ interleaved in one process; then the trade-off over ``max_moves``. Prints markdo
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import pathlib
 import statistics
@@ -23,6 +22,7 @@ import time
 
 import fasteplb
 import numpy as np
+from fasteplb._bench.cli import script_parser
 from fasteplb._timing import machine
 
 # label, layers, experts, (num_replicas, num_groups, num_nodes, num_gpus)
@@ -76,8 +76,14 @@ def run(config: tuple, sigma: float | str, count: int) -> dict:
     else:
         ws = windows(layers, experts, sigma, count, seed=7)
     fresh_prev = mig_prev = fasteplb.rebalance_experts(ws[0], *shape)[0]
-    row = {"fresh_moves": [], "mig_moves": [], "fresh_bal": [], "mig_bal": [],
-           "fresh_ms": [], "mig_ms": []}
+    row = {
+        "fresh_moves": [],
+        "mig_moves": [],
+        "fresh_bal": [],
+        "mig_bal": [],
+        "fresh_ms": [],
+        "mig_ms": [],
+    }
     for w in ws[1:]:
         tf, fresh = timed(lambda: fasteplb.rebalance_experts(w, *shape)[0])
         tm, mig = timed(lambda: fasteplb.rebalance_experts(w, *shape, old_phy2log=mig_prev)[0])
@@ -88,22 +94,27 @@ def run(config: tuple, sigma: float | str, count: int) -> dict:
         row["fresh_bal"].append(fasteplb.balancedness(fresh, w, gpus))
         row["mig_bal"].append(fasteplb.balancedness(mig, w, gpus))
         fresh_prev, mig_prev = fresh, mig
-    out = {k: statistics.median(v) if k.endswith("_ms") else float(np.mean(v))
-           for k, v in row.items()}
+    out = {
+        k: statistics.median(v) if k.endswith("_ms") else float(np.mean(v)) for k, v in row.items()
+    }
     out["ratio"] = out["mig_moves"] / out["fresh_moves"]
     return out
 
 
 def table_head(drift: str) -> list[str]:
-    return [f"| configuration | {drift} | fresh moves | migration moves | ratio | fresh bal. | "
-            "migration bal. | diff | fresh ms | migration ms |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    return [
+        f"| configuration | {drift} | fresh moves | migration moves | ratio | fresh bal. | "
+        "migration bal. | diff | fresh ms | migration ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
 
 
 def table_row(config: tuple, drift: str, r: dict) -> str:
-    return (f"| {config[0]} | {drift} | {r['fresh_moves']:.0f} | {r['mig_moves']:.0f} | "
-            f"{r['ratio']:.0%} | {r['fresh_bal']:.4f} | {r['mig_bal']:.4f} | "
-            f"{r['mig_bal'] - r['fresh_bal']:+.4f} | {r['fresh_ms']:.2f} | {r['mig_ms']:.2f} |")
+    return (
+        f"| {config[0]} | {drift} | {r['fresh_moves']:.0f} | {r['mig_moves']:.0f} | "
+        f"{r['ratio']:.0%} | {r['fresh_bal']:.4f} | {r['mig_bal']:.4f} | "
+        f"{r['mig_bal'] - r['fresh_bal']:+.4f} | {r['fresh_ms']:.2f} | {r['mig_ms']:.2f} |"
+    )
 
 
 def tradeoff(config: tuple, sigma: float, caps: list[int | None]) -> list[tuple]:
@@ -114,18 +125,26 @@ def tradeoff(config: tuple, sigma: float, caps: list[int | None]) -> list[tuple]
     rows = []
     for cap in caps:
         new = fasteplb.rebalance_experts(ws[1], *shape, old_phy2log=old, max_moves=cap)[0]
-        rows.append((cap, int(fasteplb.moves(old, new, gpus).sum()),
-                     fasteplb.balancedness(new, ws[1], gpus)))
+        rows.append(
+            (
+                cap,
+                int(fasteplb.moves(old, new, gpus).sum()),
+                fasteplb.balancedness(new, ws[1], gpus),
+            )
+        )
     fresh = fasteplb.rebalance_experts(ws[1], *shape)[0]
-    rows.append(("fresh plan", int(fasteplb.moves(old, fresh, gpus).sum()),
-                 fasteplb.balancedness(fresh, ws[1], gpus)))
+    rows.append(
+        (
+            "fresh plan",
+            int(fasteplb.moves(old, fresh, gpus).sum()),
+            fasteplb.balancedness(fresh, ws[1], gpus),
+        )
+    )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="store bench/MIGRATION.md")
-    parser.add_argument("--quick", action="store_true", help="2 windows instead of 8")
+    parser = script_parser(__doc__, write="bench/MIGRATION.md", quick="2 windows instead of 8")
     args = parser.parse_args()
     count = 2 if args.quick else 8
     lines = [
@@ -162,8 +181,12 @@ def main() -> None:
             print(lines[-1], flush=True)
     lines += ["", "## Trade-off over max_moves (moves per layer; one moderate-drift window)", ""]
     for config in CONFIGS[:2]:
-        lines += [f"{config[0]}:", "", "| max_moves | moves (model) | balancedness |",
-                  "|---|---|---|"]
+        lines += [
+            f"{config[0]}:",
+            "",
+            "| max_moves | moves (model) | balancedness |",
+            "|---|---|---|",
+        ]
         for cap, moves, bal in tradeoff(config, 0.2, [0, 1, 2, 4, 8, 16, None]):
             lines.append(f"| {cap} | {moves} | {bal:.4f} |")
         lines.append("")

@@ -10,7 +10,6 @@ markdown and, with --write, stores it in bench/QUALITY.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import pathlib
@@ -21,6 +20,7 @@ import time
 import fasteplb
 import numpy as np
 from fasteplb import reference
+from fasteplb._bench.cli import script_parser
 from fasteplb._timing import machine, side_by_side
 
 MODES = ("none", "swap", "local")
@@ -77,21 +77,28 @@ def measure(model: str, label: str, weight: np.ndarray, shape: tuple, repeats: i
     num_replicas, num_groups, num_nodes, num_gpus = shape
     policy_nodes = num_nodes if num_groups % num_nodes == 0 else 1
     bound = fasteplb.lower_bound(weight, *shape)
-    row = dict(config=f"{model} {label}", k=num_replicas // num_gpus,
-               bound=float(weight.sum() / num_gpus) / float(bound.sum()))
+    row = dict(
+        config=f"{model} {label}",
+        k=num_replicas // num_gpus,
+        bound=float(weight.sum() / num_gpus) / float(bound.sum()),
+    )
     for mode in MODES:
         phy2log = fasteplb.rebalance_experts(weight, *shape, refine=mode)[0]
         row[mode] = fasteplb.balancedness(phy2log, weight, num_gpus)
         row[f"{mode}_ms"] = median_ms(
-            lambda: fasteplb.rebalance_experts(weight, *shape, refine=mode), repeats)
+            lambda: fasteplb.rebalance_experts(weight, *shape, refine=mode), repeats
+        )
         row[f"{mode}_gap"] = 100.0 * (row["bound"] / row[mode] - 1.0)
-        row[f"{mode}_coloc"] = int(fasteplb.colocated(
-            phy2log, num_gpus, avoidable_only=True, num_nodes=policy_nodes).sum())
+        row[f"{mode}_coloc"] = int(
+            fasteplb.colocated(phy2log, num_gpus, avoidable_only=True, num_nodes=policy_nodes).sum()
+        )
     headroom = row["bound"] - row["none"]
     row["closed"] = (row["local"] - row["none"]) / headroom if headroom > 1e-12 else float("nan")
-    print(f"{row['config']:<30} k={row['k']} bound {row['bound']:.4f}  "
-          + "  ".join(f"{m} {row[m]:.4f} ({row[m + '_ms']:.2f} ms)" for m in MODES),
-          file=sys.stderr)
+    print(
+        f"{row['config']:<30} k={row['k']} bound {row['bound']:.4f}  "
+        + "  ".join(f"{m} {row[m]:.4f} ({row[m + '_ms']:.2f} ms)" for m in MODES),
+        file=sys.stderr,
+    )
     return row
 
 
@@ -130,16 +137,25 @@ def targets_table(rows: list[dict], ref_ms: float, local_ms: float) -> str:
     gap, share = (lambda v: f"{v:.2f}%"), (lambda v: f"{100 * v:.0f}%")
     items = [
         ("mean gap of local to the bound, k >= 5", *mean_of("local_gap", lambda k: k >= 5, gap)),
-        ("share of greedy's gap closed by local, k = 3",
-         *mean_of("closed", lambda k: k == 3, share)),
-        ("share of greedy's gap closed by local, k = 2",
-         *mean_of("closed", lambda k: k == 2, share)),
-        ("local planning time, DeepSeek-V3 EP32 hierarchical",
-         *time_of("DeepSeek-V3 EP32 hierarchical")),
+        (
+            "share of greedy's gap closed by local, k = 3",
+            *mean_of("closed", lambda k: k == 3, share),
+        ),
+        (
+            "share of greedy's gap closed by local, k = 2",
+            *mean_of("closed", lambda k: k == 2, share),
+        ),
+        (
+            "local planning time, DeepSeek-V3 EP32 hierarchical",
+            *time_of("DeepSeek-V3 EP32 hierarchical"),
+        ),
         ("local planning time, Kimi-K2 EP64", *time_of("Kimi-K2 EP64")),
-        ("speed-up of local vs pure-Python greedy (reference, refine=\"none\"), "
-         "DeepSeek-V3 EP32 hierarchical", f"{ref_ms / local_ms:.0f}x",
-         f"reference {ref_ms:.1f} ms vs local {local_ms:.3f} ms (side by side)"),
+        (
+            'speed-up of local vs pure-Python greedy (reference, refine="none"), '
+            "DeepSeek-V3 EP32 hierarchical",
+            f"{ref_ms / local_ms:.0f}x",
+            f"reference {ref_ms:.1f} ms vs local {local_ms:.3f} ms (side by side)",
+        ),
     ]
     lines = ["| target | value | rows (per-row values) |", "|---|---:|---|"]
     lines += [f"| {t} | {v} | {d} |" for t, v, d in items]
@@ -147,30 +163,35 @@ def targets_table(rows: list[dict], ref_ms: float, local_ms: float) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__, write="bench/QUALITY.md", quick="5 repeats, 2 reference rounds")
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per mode")
     parser.add_argument("--rounds", type=int, default=3, help="reference calls (speed-up)")
-    parser.add_argument("--quick", action="store_true", help="5 repeats, 2 reference rounds")
-    parser.add_argument("--write", action="store_true", help="write bench/QUALITY.md")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.rounds = 5, 2
 
     weights = loads()
-    rows = [measure(model, label, weights[model], shape, args.repeats)
-            for model, configs in CONFIGS.items() if model in weights
-            for label, shape in configs]
+    rows = [
+        measure(model, label, weights[model], shape, args.repeats)
+        for model, configs in CONFIGS.items()
+        if model in weights
+        for label, shape in configs
+    ]
 
     weight, shape = weights["DeepSeek-V3"], CONFIGS["DeepSeek-V3"][0][1]
     ref_ms, local_ms = side_by_side(
         lambda: reference.rebalance_experts(weight, *shape, refine="none"),
         lambda: fasteplb.rebalance_experts(weight, *shape, refine="local"),
-        rounds=args.rounds, inner=args.repeats,
+        rounds=args.rounds,
+        inner=args.repeats,
     )
 
-    qwen = (f"Qwen3-235B-A22B real routed-token counts `../shared/data/real/{QWEN_NAME}` "
-            "(from sjqsjq/EPLB, not stored in this repository)" if "Qwen3-235B" in weights
-            else "Qwen3-235B rows skipped (real counts file not found)")
+    qwen = (
+        f"Qwen3-235B-A22B real routed-token counts `../shared/data/real/{QWEN_NAME}` "
+        "(from sjqsjq/EPLB, not stored in this repository)"
+        if "Qwen3-235B" in weights
+        else "Qwen3-235B rows skipped (real counts file not found)"
+    )
     header = (
         f"Machine: {machine()}; numpy {np.__version__}; fasteplb {fasteplb.__version__}; "
         f"{datetime.date.today().isoformat()}.\n\n"
@@ -184,13 +205,17 @@ def main() -> int:
         "default threads; speed-up measured interleaved with fasteplb._timing.side_by_side "
         f"({args.rounds} reference rounds)."
     )
-    text = (f"{header}\n\n## Quality per configuration\n\n{quality_table(rows)}\n\n"
-            f"## Targets\n\n{targets_table(rows, ref_ms, local_ms)}\n")
+    text = (
+        f"{header}\n\n## Quality per configuration\n\n{quality_table(rows)}\n\n"
+        f"## Targets\n\n{targets_table(rows, ref_ms, local_ms)}\n"
+    )
     print(text)
     if args.write:
         out = pathlib.Path(__file__).with_name("QUALITY.md")
-        out.write_text("# fasteplb plan quality\n\nGenerated by `python bench/bench_quality.py "
-                       f"--write`.\n\n{text}")
+        out.write_text(
+            "# fasteplb plan quality\n\nGenerated by `python bench/bench_quality.py "
+            f"--write`.\n\n{text}"
+        )
     return 0
 
 

@@ -11,13 +11,13 @@ nothing derived from them is written anywhere.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 from fasteplb import workloads as wl
+from fasteplb._bench.cli import script_parser
 
 # profile -> (model, statistics window in steps, EP sizes, steps); windows as in the target
 # table (per-step statistics plan one EPLB per step, hence the shorter traces).
@@ -79,7 +79,7 @@ def fmt(s: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = script_parser(__doc__)
     ap.add_argument("--steps", type=int, default=None, help="trace length (default: per case)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--profiles", nargs="+", default=list(CASES))

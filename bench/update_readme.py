@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pathlib
 
-from fasteplb._bench import read_section, write_section
+from fasteplb._bench.tables import read_section, write_section
 
 HERE = pathlib.Path(__file__).resolve().parent
 README = HERE.parent / "README.md"

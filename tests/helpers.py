@@ -65,8 +65,9 @@ class Config(NamedTuple):
 
 
 @st.composite
-def configs(draw: Any, kinds: tuple[str, ...] = LOAD_KINDS, max_layers: int = 4,
-            policy: str = "any") -> Config:
+def configs(
+    draw: Any, kinds: tuple[str, ...] = LOAD_KINDS, max_layers: int = 4, policy: str = "any"
+) -> Config:
     """A valid rebalance_experts configuration.
 
     Covers both policies (policy="any"), or only "hierarchical" / "global" / "flat" (global
@@ -140,8 +141,16 @@ def assert_same(got: tuple, want: tuple) -> None:
         assert np.array_equal(a, b), f"output {i} differs:\n{a}\nvs\n{b}"
 
 
-def check_plan(weight: Any, phy2log: Any, log2phy: Any, logcnt: Any, num_replicas: int,
-               num_groups: int, num_nodes: int, num_gpus: int) -> None:
+def check_plan(
+    weight: Any,
+    phy2log: Any,
+    log2phy: Any,
+    logcnt: Any,
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+) -> None:
     """Asserts every invariant of a rebalance_experts plan."""
     weight = np.asarray(to_numpy(weight), dtype=np.float64)
     phy2log, log2phy, logcnt = to_numpy(phy2log), to_numpy(log2phy), to_numpy(logcnt)
@@ -234,8 +243,9 @@ def node_loads(phy2log: Any, weight: Any, num_nodes: int) -> np.ndarray:
 def pack_loads(weight: Any, pack_index: Any, num_packs: int) -> np.ndarray:
     """[rows, num_packs]: the summed weight of each pack."""
     weight, pack_index = to_numpy(weight), to_numpy(pack_index)
-    return np.stack([np.bincount(p, weights=w, minlength=num_packs)
-                     for w, p in zip(weight, pack_index)])
+    return np.stack(
+        [np.bincount(p, weights=w, minlength=num_packs) for w, p in zip(weight, pack_index)]
+    )
 
 
 def both(name: str) -> tuple[Any, Any]:

@@ -13,8 +13,10 @@ import subprocess
 import sys
 
 import pytest
-from fasteplb import _bench, _peers
+from fasteplb import workloads as wl
 from fasteplb.__main__ import main
+from fasteplb._bench import engines, plots, tables
+from fasteplb._bench import peers as _peers
 from helpers import write_tree
 
 pytest.importorskip("torch")
@@ -110,7 +112,7 @@ def test_tiny_run_writes_rows_for_every_planner(standin, tmp_path, capsys):
     assert "skipping" not in captured.out and "failed" not in captured.err
     rows = json.loads(out.read_text())
     assert isinstance(rows, list)
-    assert sorted(r["impl"] for r in rows) == sorted((*_bench.IMPLS, _bench.MIGRATE))
+    assert sorted(r["impl"] for r in rows) == sorted((*engines.IMPLS, engines.MIGRATE))
     for r in rows:
         assert all(f in r for f in FIELDS), r
         assert r["config"] == "Mixtral-8x7B EP4" and r["profile"] == "near-uniform"
@@ -118,7 +120,7 @@ def test_tiny_run_writes_rows_for_every_planner(standin, tmp_path, capsys):
         for key in ("balancedness_in", "balancedness_next", "bound_balancedness"):
             assert 0 < r[key] <= 1 + 1e-12, (key, r)
         assert r["balancedness_in"] <= r["bound_balancedness"] + 1e-9
-        assert r["extra"] is (r["impl"] == _bench.MIGRATE)
+        assert r["extra"] is (r["impl"] == engines.MIGRATE)
         assert math.isfinite(r["speedup_vs_fastest_engine"])
     by = {r["impl"]: r for r in rows}
     # The toy planners are not the greedy: fasteplb balances at least as well in-sample.
@@ -149,10 +151,10 @@ def test_no_download_with_an_empty_cache_skips_every_peer(tmp_path, capsys):
                  "--json", str(out)])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
-    for name in _bench.ENGINES:
+    for name in engines.ENGINES:
         assert f"skipping peer {name}:" in printed
     rows = json.loads(out.read_text())
-    assert {r["impl"] for r in rows} == {*_bench.IMPLS[:4], _bench.MIGRATE}
+    assert {r["impl"] for r in rows} == {*engines.IMPLS[:4], engines.MIGRATE}
     assert all(r["speedup_vs_fastest_engine"] is None for r in rows)
 
 
@@ -162,54 +164,54 @@ def test_a_failing_peer_is_reported_and_the_rest_runs(tmp_path):
         "assert weight.dim() == 2", "raise ValueError('toy refuses')"
     )
     root = write_tree(tmp_path / "bad", files)
-    peers, skipped = _bench.load_peers(["vllm"], root=str(root))
+    peers, skipped = engines.load_peers(["vllm"], root=str(root))
     assert not skipped
-    config = next(c for c in _bench.CONFIGS if c.model == "mixtral-8x7b")
-    settings = _bench.Settings(windows=2, inner=2, full_profiles=False, window_steps=5)
-    rows, messages, _ = _bench.run_case(config, "near-uniform", peers, settings)
+    config = next(c for c in engines.CONFIGS if c.model == "mixtral-8x7b")
+    settings = engines.Settings(windows=2, inner=2, full_profiles=False, window_steps=5)
+    rows, messages, _ = engines.run_case(config, "near-uniform", peers, settings)
     assert len(messages) == 1 and "toy refuses" in messages[0]
     assert "vllm" not in {r["impl"] for r in rows} and "fasteplb" in {r["impl"] for r in rows}
 
 
 def test_configurations_and_case_selection():
-    for c in _bench.CONFIGS:
+    for c in engines.CONFIGS:
         shape = c.shape
         assert c.num_replicas % c.num_gpus == 0 and c.num_replicas >= shape.experts
         assert shape.experts % c.num_groups == 0 and c.num_gpus % c.num_nodes == 0
-        assert set(c.profiles + c.full_profiles) <= set(_bench.wl.PROFILES)
-    quick = _bench.select(_bench.CONFIGS, _bench.QUICK)
-    full = _bench.select(_bench.CONFIGS, _bench.FULL)
+        assert set(c.profiles + c.full_profiles) <= set(wl.PROFILES)
+    quick = engines.select(engines.CONFIGS, engines.QUICK)
+    full = engines.select(engines.CONFIGS, engines.FULL)
     assert len({c.name for c, _ in quick}) == len(quick)  # one profile per configuration
     assert set(quick) < set(full)
-    assert {c.name for c, _ in full} == {c.name for c in _bench.CONFIGS}
-    ds = next(c for c in _bench.CONFIGS if c.name == _bench.PLOT_CASE[0])
-    assert {p for c, p in full if c is ds} == set(_bench.wl.PROFILES)
+    assert {c.name for c, _ in full} == {c.name for c in engines.CONFIGS}
+    ds = next(c for c in engines.CONFIGS if c.name == engines.PLOT_CASE[0])
+    assert {p for c, p in full if c is ds} == set(wl.PROFILES)
 
 
 def test_report_headline_plots_and_sections(standin, tmp_path):
-    peers, _ = _bench.load_peers(root=str(standin))
-    config = next(c for c in _bench.CONFIGS if c.model == "mixtral-8x7b")
-    settings = _bench.Settings(windows=2, inner=2, full_profiles=False, window_steps=5)
-    result = _bench.run([config], settings, profiles=["aux-loss-balanced"], peers=peers,
+    peers, _ = engines.load_peers(root=str(standin))
+    config = next(c for c in engines.CONFIGS if c.model == "mixtral-8x7b")
+    settings = engines.Settings(windows=2, inner=2, full_profiles=False, window_steps=5)
+    result = engines.run([config], settings, profiles=["aux-loss-balanced"], peers=peers,
                         log=sys.stderr)  # fmt: skip
     assert result.detail["config"] is config
-    (target,) = _bench.targets(result)
+    (target,) = tables.targets(result)
     assert target["balance_ok"] and target["speedup"] > 0
-    head = _bench.headline(result)
+    head = tables.headline(result)
     assert head.startswith("## How it compares") and "| Mixtral-8x7B EP4 |" in head
     assert "bench/plots/time_vs_size.png" in head
 
     path = tmp_path / "RESULTS.md"
     path.write_text("# t\n\n<!-- bench-core -->\ncore\n<!-- /bench-core -->\n")
-    _bench.write_section(str(path), "bench-engines", "one", heading="## engines")
-    _bench.write_section(str(path), "bench-engines", "two", heading="## engines")
+    tables.write_section(str(path), "bench-engines", "one", heading="## engines")
+    tables.write_section(str(path), "bench-engines", "two", heading="## engines")
     text = path.read_text()
     assert text.count("## engines") == 1 and "two" in text and "one" not in text
-    assert _bench.read_section(str(path), "bench-core") == "core"
+    assert tables.read_section(str(path), "bench-core") == "core"
 
     pytest.importorskip("matplotlib")
-    paths = _bench.plot(result, str(tmp_path / "plots"))
-    assert [p.rsplit("/", 1)[1] for p in paths] == list(_bench.PLOT_FILES)
+    paths = plots.plot(result, str(tmp_path / "plots"))
+    assert [p.rsplit("/", 1)[1] for p in paths] == list(plots.PLOT_FILES)
     for p in paths:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -15,8 +15,9 @@ from helpers import (
     replication_inputs,
 )
 from hypothesis import given
+from hypothesis import strategies as st
 
-REFINES = ("none", "swap")
+REFINES = ("local", "none", "swap")  # "local" is the default
 
 
 @pytest.mark.parametrize("refine", REFINES)
@@ -25,6 +26,44 @@ REFINES = ("none", "swap")
 def test_rebalance_invariants(cfg, refine):
     plan = fasteplb.rebalance_experts(cfg.weight, *cfg.sizes, refine=refine)
     check_plan(cfg.weight, *plan, *cfg.sizes)
+
+
+@fuzz(100)
+@given(
+    cfg=configs(),
+    seed=st.integers(0, 2**32 - 1),
+    max_moves=st.sampled_from([None, 0, 1, 4, 2**63 - 1]),
+    min_gain=st.sampled_from([None, 0.0, 0.01]),
+)
+def test_default_mode_invariants_with_and_without_old_placement(cfg, seed, max_moves, min_gain):
+    # The default mode, not named: the same plan as refine="local", every invariant; then
+    # planned from an old placement (the plan of other loads, or a random one): a valid plan
+    # across all GPUs (an old layout that ignores the groups may be kept), within max_moves
+    # copies per layer, the old placement itself for max_moves=0.
+    plan = fasteplb.rebalance_experts(cfg.weight, *cfg.sizes)
+    check_plan(cfg.weight, *plan, *cfg.sizes)
+    local = fasteplb.rebalance_experts(cfg.weight, *cfg.sizes, refine="local")
+    for a, b in zip(plan, local):
+        np.testing.assert_array_equal(a, b)
+    rng = np.random.default_rng(seed)
+    layers, experts = cfg.weight.shape
+    P, _, _, G = cfg.sizes
+    drifted = cfg.weight * rng.lognormal(0.0, 0.5, cfg.weight.shape)
+    extra = rng.integers(0, experts, (layers, P - experts))
+    random_old = rng.permuted(
+        np.concatenate([np.tile(np.arange(experts), (layers, 1)), extra], axis=1), axis=1
+    )
+    for old in (plan[0], random_old):
+        got = fasteplb.rebalance_experts(
+            drifted, *cfg.sizes, old_phy2log=old, max_moves=max_moves, min_gain=min_gain
+        )
+        check_plan(drifted, *got, P, 1, 1, G)
+        moves = fasteplb.moves(old, got[0], G)
+        assert moves.shape == (layers,)
+        if max_moves is not None:
+            assert (moves <= max_moves).all(), (moves, max_moves)
+        if max_moves == 0:
+            np.testing.assert_array_equal(got[0], old)
 
 
 @pytest.mark.parametrize("refine", REFINES)

@@ -28,20 +28,24 @@ def max_load(weight, plan, num_gpus):
 @fuzz(200)
 @given(cfg=configs())
 def test_local_is_never_worse_than_greedy_on_any_layer(cfg):
-    greedy = max_load(cfg.weight, fasteplb.rebalance_experts(
-        cfg.weight, *cfg.sizes, refine="none"), cfg.num_gpus)
+    greedy = max_load(
+        cfg.weight, fasteplb.rebalance_experts(cfg.weight, *cfg.sizes, refine="none"), cfg.num_gpus
+    )
     local = max_load(cfg.weight, fasteplb.rebalance_experts(cfg.weight, *cfg.sizes), cfg.num_gpus)
     assert (local <= greedy * (1 + 1e-12)).all(), (greedy, local)
 
 
-@pytest.mark.parametrize(("layers", "experts", "sizes"), [
-    (12, 256, (288, 8, 4, 32)),   # DeepSeek-V3 EP32 hierarchical
-    (12, 256, (288, 1, 1, 32)),   # ... global
-    (12, 256, (320, 1, 1, 64)),   # EP64, k = 5
-    (12, 256, (384, 1, 1, 128)),  # EP128, k = 3
-    (12, 384, (448, 1, 1, 64)),   # Kimi-K2 EP64
-    (12, 128, (160, 1, 1, 32)),   # Qwen3-235B EP32, k = 5
-])
+@pytest.mark.parametrize(
+    ("layers", "experts", "sizes"),
+    [
+        (12, 256, (288, 8, 4, 32)),  # DeepSeek-V3 EP32 hierarchical
+        (12, 256, (288, 1, 1, 32)),  # ... global
+        (12, 256, (320, 1, 1, 64)),  # EP64, k = 5
+        (12, 256, (384, 1, 1, 128)),  # EP128, k = 3
+        (12, 384, (448, 1, 1, 64)),  # Kimi-K2 EP64
+        (12, 128, (160, 1, 1, 32)),  # Qwen3-235B EP32, k = 5
+    ],
+)
 def test_local_keeps_replicas_apart_and_balances_better(layers, experts, sizes):
     rng = np.random.default_rng(3)
     weight = np.round(rng.lognormal(0.0, 1.0, (layers, experts)) * 1000)
@@ -53,7 +57,8 @@ def test_local_keeps_replicas_apart_and_balances_better(layers, experts, sizes):
     assert colocated(greedy, num_gpus, per_node).sum() > 0
     assert colocated(local, num_gpus, per_node).sum() == 0
     assert fasteplb.balancedness(local[0], weight, num_gpus) > fasteplb.balancedness(
-        greedy[0], weight, num_gpus)
+        greedy[0], weight, num_gpus
+    )
 
 
 def test_local_moves_replicas_off_a_shared_gpu():

@@ -1,9 +1,9 @@
-"""fasteplb._peers: loading the engines' EPLB policy files by path, without the engines.
+"""fasteplb._bench.peers: loading the engines' EPLB policy files by path, without the engines.
 
 The fast tests run against a tiny stand-in of the wheels' layout written into tmp_path (our
 own toy planners with the engines' imports and signatures) and never touch the network. The
 last test runs the real vLLM / SGLang planners when their files are already in the cache
-(``python -c "from fasteplb import _peers; _peers.fetch()"``) and is skipped otherwise.
+(``python -c "from fasteplb._bench import peers; peers.fetch()"``) and is skipped otherwise.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import zipfile
 import fasteplb
 import numpy as np
 import pytest
-import torch
-from fasteplb import _peers
+from fasteplb._bench import peers as _peers
 from helpers import write_tree
+
+torch = pytest.importorskip("torch")  # the wheels' test run has numpy only
 
 VLLM = "vllm/distributed/eplb/policy/"
 SGLANG = "sglang/srt/eplb/eplb_algorithms/"
@@ -140,7 +141,8 @@ def test_loads_standin_by_path_without_engine_modules(standin, name):
     assert peer.source == peer.module.__file__
     assert peer.source.startswith(str(standin))
     assert not peer.verified and peer.version == "unknown"
-    assert peer.sha256 == hashlib.sha256(open(peer.source, "rb").read()).hexdigest()
+    with open(peer.source, "rb") as f:
+        assert peer.sha256 == hashlib.sha256(f.read()).hexdigest()
     assert peer.label == f"{peer.dist} unknown {peer.what}"
     if name == "vllm":  # the relative import resolved to the stand-in's own abstract.py
         policy = peer.module.DefaultEplbPolicy
@@ -328,7 +330,7 @@ def check_valid(phy2log, layers, experts, replicas):
 def test_real_peers_from_the_cache():
     reasons = _peers.available()
     if any(reasons.values()):
-        pytest.skip("peer wheels not cached; run fasteplb._peers.fetch() to enable")
+        pytest.skip("peer wheels not cached; run fasteplb._bench.peers.fetch() to enable")
     peers = {name: _peers.load(name, download=False) for name in _peers.PEERS}
     assert leaked() == []
     assert [p.version for p in peers.values()] == ["0.33.0", "0.5.23", "0.5.23"]

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fasteplb import workloads as wl
+from fasteplb.workloads import _sampler, _traces
+from fasteplb.workloads._stats import _spearman
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -129,8 +131,8 @@ def test_count_sampler_matches_the_multinomial_moments(experts, n, alpha):
     p /= p.sum()
     rows = 4000
     out = np.empty((rows, experts), dtype=np.int64)
-    wl._sample_counts(
-        np.random.default_rng(1), n, np.tile(p * n, (rows, 1)), out, wl._Workspace(out.size)
+    _sampler._sample_counts(
+        np.random.default_rng(1), n, np.tile(p * n, (rows, 1)), out, _sampler._Workspace(out.size)
     )
     exact = np.random.default_rng(2).multinomial(n, np.tile(p, (rows, 1)))
     assert np.all(out.sum(axis=1) == n) and out.min() >= 0
@@ -155,9 +157,9 @@ def test_same_seed_same_trace_other_seed_other_trace():
 def test_result_does_not_depend_on_the_thread_count(monkeypatch):
     # Enough steps for several sampler chunks.
     ref = wl.generate("deepseek-v3-like", "deepseek-v3", 40, seed=5)
-    monkeypatch.setattr(wl, "_threads", lambda: 1)
+    monkeypatch.setattr(_sampler, "_threads", lambda: 1)
     np.testing.assert_array_equal(wl.generate("deepseek-v3-like", "deepseek-v3", 40, seed=5), ref)
-    monkeypatch.setattr(wl, "_threads", lambda: 3)
+    monkeypatch.setattr(_sampler, "_threads", lambda: 3)
     np.testing.assert_array_equal(wl.generate("deepseek-v3-like", "deepseek-v3", 40, seed=5), ref)
 
 
@@ -185,7 +187,7 @@ def test_meta_describes_the_draw():
     dom = meta["domain_popularity"]
     layers = np.flatnonzero(hot)
     assert np.all(dom[:, layers].argmax(axis=2) == meta["hot_expert"][layers])
-    json.dumps(wl._jsonable(meta))
+    json.dumps(_traces._jsonable(meta))
 
 
 # ----------------------------------------------------------------------------------------
@@ -518,7 +520,7 @@ def test_spearman_handles_ties_like_scipy():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 4, size=(5, 30)).astype(float)
     b = rng.integers(0, 4, size=(5, 30)).astype(float)
-    ours = wl._spearman(a, b)
+    ours = _spearman(a, b)
     ref = [stats.spearmanr(x, y).statistic for x, y in zip(a, b)]
     np.testing.assert_allclose(ours, ref, atol=1e-12)
 

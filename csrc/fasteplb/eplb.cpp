@@ -1,8 +1,10 @@
 #include "fasteplb/eplb.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -41,12 +43,22 @@ void sift_into_place(T* a, int64_t n, int64_t at, Less less) {
     }
 }
 
-// Function multiversioning needs ifunc support: glibc on x86-64 Linux.
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && \
-    !defined(__SANITIZE_ADDRESS__)
-#define FASTEPLB_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+// ---- CPU-specific kernels ---------------------------------------------------------------
+// count_above and first_min are compiled twice on x86-64 with GCC or Clang (one source inlined
+// into an AVX2 and a baseline function; elsewhere only the baseline), and called through a table
+// chosen once per process, on first use (a thread-safe static), from the CPU's features. This
+// replaces target_clones, whose ifunc resolvers run before the sanitizer runtimes are
+// initialised (ThreadSanitizer crashed on them, and AddressSanitizer builds had to compile them
+// out), so both versions now run under every sanitizer. FASTEPLB_SIMD=default in the
+// environment (read once) forces the baseline kernels; set_simd_kernels() switches for tests.
+// Both versions compute the same integers (comparisons and an integer minimum, no
+// floating-point arithmetic), so plans are bit-identical whichever runs.
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define FASTEPLB_AVX2_KERNELS 1
+#define FASTEPLB_KERNEL_BODY inline __attribute__((always_inline))
 #else
-#define FASTEPLB_SIMD_CLONES
+#define FASTEPLB_AVX2_KERNELS 0
+#define FASTEPLB_KERNEL_BODY inline
 #endif
 
 // above[i] = the number of keys strictly greater than key i. O(n^2) comparisons, but
@@ -54,8 +66,8 @@ void sift_into_place(T* a, int64_t n, int64_t at, Less less) {
 // dozen items of one block this is several times faster than a comparison sort, whose cost
 // here is mispredicted branches or a serial dependency chain. `key` is padded with -inf up
 // to `padded` (a multiple of 8), which never counts, so no scalar remainder loop runs.
-FASTEPLB_SIMD_CLONES
-void count_above(const float* key, int32_t n, int32_t padded, int32_t* above) {
+FASTEPLB_KERNEL_BODY void count_above_body(const float* key, int32_t n, int32_t padded,
+                                           int32_t* above) {
     for (int32_t i = 0; i < n; ++i) {
         const float x = key[i];
         int32_t r = 0;
@@ -63,6 +75,100 @@ void count_above(const float* key, int32_t n, int32_t padded, int32_t* above) {
         above[i] = r;
     }
 }
+
+// Index of the first smallest of x[0..n), n >= 1, for x >= +0.0 (or +inf): such doubles
+// order like their bit patterns, so the minimum is an integer reduction the compiler can
+// vectorise, and a second pass finds its first occurrence.
+FASTEPLB_KERNEL_BODY int64_t first_min_body(const double* x, int64_t n) {
+    int64_t smallest = std::numeric_limits<int64_t>::max();
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t bits;
+        std::memcpy(&bits, x + i, sizeof bits);
+        smallest = bits < smallest ? bits : smallest;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+        int64_t bits;
+        std::memcpy(&bits, x + i, sizeof bits);
+        if (bits == smallest) return i;
+    }
+    return 0;
+}
+
+struct SimdKernels {
+    const char* name;
+    void (*count_above)(const float* key, int32_t n, int32_t padded, int32_t* above);
+    int64_t (*first_min)(const double* x, int64_t n);
+};
+
+void count_above_default(const float* key, int32_t n, int32_t padded, int32_t* above) {
+    count_above_body(key, n, padded, above);
+}
+int64_t first_min_default(const double* x, int64_t n) { return first_min_body(x, n); }
+constexpr SimdKernels kDefaultKernels{"default", count_above_default, first_min_default};
+
+#if FASTEPLB_AVX2_KERNELS
+__attribute__((target("avx2"))) void count_above_avx2(const float* key, int32_t n, int32_t padded,
+                                                      int32_t* above) {
+    count_above_body(key, n, padded, above);
+}
+__attribute__((target("avx2"))) int64_t first_min_avx2(const double* x, int64_t n) {
+    return first_min_body(x, n);
+}
+constexpr SimdKernels kAvx2Kernels{"avx2", count_above_avx2, first_min_avx2};
+#endif
+
+bool cpu_has_avx2() {
+#if FASTEPLB_AVX2_KERNELS
+    __builtin_cpu_init();  // harmless if already done; needed if called from a constructor
+    return __builtin_cpu_supports("avx2");
+#else
+    return false;
+#endif
+}
+
+const SimdKernels* best_kernels() {
+    const char* forced = std::getenv("FASTEPLB_SIMD");
+    if (forced != nullptr && std::strcmp(forced, "default") == 0) return &kDefaultKernels;
+#if FASTEPLB_AVX2_KERNELS
+    if (cpu_has_avx2()) return &kAvx2Kernels;
+#endif
+    return &kDefaultKernels;
+}
+
+// The kernels in use. The tables are constants, so relaxed loads of the pointer suffice.
+std::atomic<const SimdKernels*>& kernel_table() {
+    static std::atomic<const SimdKernels*> table{best_kernels()};
+    return table;
+}
+
+void count_above(const float* key, int32_t n, int32_t padded, int32_t* above) {
+    kernel_table().load(std::memory_order_relaxed)->count_above(key, n, padded, above);
+}
+
+int64_t first_min(const double* x, int64_t n) {
+    return kernel_table().load(std::memory_order_relaxed)->first_min(x, n);
+}
+
+}  // namespace
+
+// For tests (declared in tests/cpp/test_core.cpp, not part of the public header): the name of
+// the kernels in use ("avx2" or "default"), and a switch to the named ones; false (and no
+// change) when this build or CPU lacks them. Not to be called while a planning call runs.
+const char* simd_kernels() { return kernel_table().load(std::memory_order_relaxed)->name; }
+
+bool set_simd_kernels(const char* name) {
+    const SimdKernels* want = nullptr;
+    if (std::strcmp(name, "default") == 0) want = &kDefaultKernels;
+#if FASTEPLB_AVX2_KERNELS
+    if (std::strcmp(name, "avx2") == 0 && cpu_has_avx2()) want = &kAvx2Kernels;
+#endif
+    if (want == nullptr) return false;
+    kernel_table().store(want, std::memory_order_relaxed);
+    return true;
+}
+
+namespace {
+// ---- end of the CPU-specific kernels -------------------------------------------------------
 
 // Sorts one block of items (in index order on entry) by descending load, ties to the lower
 // index: rank on float keys, then repair with exact comparisons. Rounding a double to float
@@ -221,25 +327,6 @@ bool affordable(const PackScratch& s, int64_t delta) {
     return s.old_slot == nullptr || s.move_budget < 0 || s.moves + delta <= s.move_budget;
 }
 
-// Index of the first smallest of x[0..n), n >= 1, for x >= +0.0 (or +inf): such doubles
-// order like their bit patterns, so the minimum is an integer reduction the compiler can
-// vectorise, and a second pass finds its first occurrence.
-FASTEPLB_SIMD_CLONES
-int64_t first_min(const double* x, int64_t n) {
-    int64_t smallest = std::numeric_limits<int64_t>::max();
-    for (int64_t i = 0; i < n; ++i) {
-        int64_t bits;
-        std::memcpy(&bits, x + i, sizeof bits);
-        smallest = bits < smallest ? bits : smallest;
-    }
-    for (int64_t i = 0; i < n; ++i) {
-        int64_t bits;
-        std::memcpy(&bits, x + i, sizeof bits);
-        if (bits == smallest) return i;
-    }
-    return 0;
-}
-
 // The seed's refinement: take the heaviest and the lightest pack (ties: lower index) and swap
 // the pair (u from the heaviest, v from the lightest) with 0 < w_u - w_v < gap whose
 // difference is closest to gap / 2 (ties: lower rank of u, then of v). Each swap leaves both
@@ -255,6 +342,7 @@ void swap_refine(const double* w, int64_t m, int64_t c, int rounds, PackScratch&
     double* dist = s.dist.data();
     const double inf = std::numeric_limits<double>::infinity();
     for (int round = 0; round < rounds; ++round) {
+        interruption_point();
         int64_t h = 0, l = 0;
         for (int64_t p = 1; p < m; ++p) {
             if (load[p] > load[h]) h = p;
@@ -323,6 +411,7 @@ void separate_replicas(const double* w, int64_t m, int64_t c, PackScratch& s, do
     };
     for (int64_t p = 0; p < m; ++p) {
         for (int64_t ru = 0; ru < c; ++ru) {
+            interruption_point();
             const int64_t u = slot[p * c + ru];
             if (label[u] < 0 || count_in(p, label[u], u) == 0) continue;
             double best = std::numeric_limits<double>::infinity();
@@ -437,6 +526,7 @@ void local_search(const double* w, int64_t m, int64_t c, PackScratch& s) {
     s.swap_log.clear();
     const double start_peak = load[visit[m - 1]];
     for (int64_t iter = 0; iter < cap; ++iter) {
+        interruption_point();
         const int64_t h = visit[m - 1];  // the heaviest pack (ties: the higher index)
         if (load[h] <= std::min(std::max(bound, s.floor) * (1.0 + s.tolerance), s.goal)) break;
         double best = load[h];  // the pair maximum to beat
@@ -583,6 +673,8 @@ void lpt(int64_t n, int64_t m, PackScratch& s, bool use_labels) {
         }
         return false;
     };
+    // One interruption point per call: LPT is O(n log m), under 0.1 s at the largest sizes.
+    interruption_point();
     int64_t p = tree[1].idx;
     for (const Item& it : s.order) {
         if (label != nullptr && label[it.idx] >= 0 && holds(p, label[it.idx])) {
@@ -926,6 +1018,7 @@ bool improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, PairScr
     worst_gpus(s, gpus, c, s.worst);
     const int64_t cap = n + 8;
     for (int64_t iter = 0; iter < cap; ++iter) {
+        interruption_point();
         // Donors: experts with >= 2 replicas whose heaviest pair has the most room left for
         // the growth of their replicas (peak - worst pair - growth), largest first.
         int64_t donor[kDonors];
@@ -1011,6 +1104,7 @@ struct PartitionScratch {
 // cut as soon as a node reaches the best maximum so far (only strictly better splits count).
 void partition_search(const double* w, int64_t k, int64_t nodes, int64_t cap, int64_t i,
                       double& best, PartitionScratch& s, bool& found) {
+    interruption_point();
     if (i == k) {
         best = *std::max_element(s.load.begin(), s.load.end());
         s.best_node = s.node;
@@ -1449,6 +1543,7 @@ double migrate_node(const double* w, int64_t n, const int64_t* target, const int
     };
     int64_t steps = 0;
     for (;;) {
+        interruption_point();
         if (pool == 0 && budget >= 0 && steps >= budget) break;
         const int64_t e = take_receiver();
         if (e < 0) break;  // counts reached the target
@@ -1550,6 +1645,7 @@ double migrate_node(const double* w, int64_t n, const int64_t* target, const int
     };
     std::vector<PackNode>& passed = m.passed;
     for (const Item& it : m.fresh) {
+        interruption_point();
         passed.clear();
         PackNode pick = m.heap.front();
         if (apart && cnt[it.idx] <= gpus) {
@@ -1726,6 +1822,19 @@ void align_split(const int64_t* ref, const Shape& sh, LayerScratch& s, int64_t* 
     for (int64_t g = 0; g < sh.groups; ++g) pack[g] = s.rename[pack[g]];
 }
 
+// A node's move budget: `pool` plus the ceiling share (spare + parts - 1) / parts of `spare`
+// over `parts` >= 1 nodes, saturated at INT64_MAX instead of overflowing for budgets near 2^63
+// (max_moves may be up to 2^63 - 1); the same value wherever that expression does not overflow.
+// pool >= 0.
+int64_t node_move_budget(int64_t pool, int64_t spare, int64_t parts) {
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    // spare + parts - 1 overflows only for spare > kMax - (parts - 1) > 0, where the ceiling
+    // share is spare / parts rounded up.
+    const int64_t share = spare > kMax - (parts - 1) ? spare / parts + (spare % parts != 0)
+                                                     : (spare + (parts - 1)) / parts;
+    return share > kMax - pool ? kMax : pool + share;
+}
+
 // Plans a layer from its old placement for one groups -> nodes split: each node's experts
 // replicated with Adams' counts as the target, then migrate_node on the node's GPUs. The
 // layer's budget is shared out node by node: each node first gets the copies it cannot avoid
@@ -1808,7 +1917,7 @@ double migrate_split(const double* w, const int64_t* old, const Shape& sh, const
         if (budget >= 0) {
             const int64_t pool = std::count(node_old, node_old + slots_per_node, int64_t{-1});
             const int64_t spare = budget - moves - pools;
-            node_budget = pool + (spare + (N - at) - 1) / (N - at);  // ceiling share
+            node_budget = node_move_budget(pool, spare, N - at);  // ceiling share
             pools -= pool;
         }
         int64_t* cnt = s.mlogcnt.data() + node * experts_per_node;
@@ -1901,10 +2010,10 @@ constexpr int64_t kSlotsPerThread = 4096;
 // opt.num_threads if set, else the hardware concurrency, at most one thread per
 // kSlotsPerThread slots of work.
 int threads_for(const Options& opt, int64_t rows, int64_t slots_per_row) {
-    if (opt.num_threads > 0) return opt.num_threads;
-    const int64_t hardware = std::max<int64_t>(1, std::thread::hardware_concurrency());
+    if (opt.num_threads > 0) return opt.num_threads;  // capped by resolve_threads
+    const int64_t cpus = usable_cpus();
     const int64_t work = rows * std::max<int64_t>(1, slots_per_row);
-    return static_cast<int>(std::min(hardware, 1 + work / kSlotsPerThread));
+    return static_cast<int>(std::min(cpus, 1 + work / kSlotsPerThread));
 }
 
 void check_options(const Options& opt) {
@@ -1922,6 +2031,7 @@ Refine parse_refine(const std::string& name) {
 }
 
 void check_weights(const double* weight, int64_t rows, int64_t cols, const char* name) {
+    IeeeFloatGuard ieee;  // a negative subnormal must not pass as zero
     for (int64_t r = 0; r < rows; ++r) {
         const double* row = weight + r * cols;
         double total = 0.0;
@@ -1984,12 +2094,47 @@ void check_placement(const int64_t* phy2log, int64_t rows, int64_t experts,
     }
 }
 
+namespace {
+
+// Supported sizes, as python/fasteplb/_checks.py (which names the arguments in its messages;
+// README "Supported sizes" gives the measured worst cases): beyond them some path would take
+// seconds per layer or allocate gigabytes, so the entry points refuse them up front.
+constexpr int64_t kMaxExperts = int64_t{1} << 20;       // experts (items) per row
+constexpr int64_t kMaxReplicas = int64_t{1} << 20;      // num_replicas, num_phy
+constexpr int64_t kMaxLog2PhyLayer = int64_t{1} << 24;  // experts * (num_replicas - experts + 1)
+constexpr int64_t kLocalMaxSlots = int64_t{1} << 13;    // Refine::Local, migration: slots per row
+constexpr int64_t kLocalMaxPerPack = int64_t{1} << 8;   // Refine::Local: slots per GPU (pack)
+constexpr int64_t kSwapMaxSlots = int64_t{1} << 16;     // Refine::Swap: slots per row
+constexpr int64_t kSwapMaxPerPack = int64_t{1} << 8;    // Refine::Swap: slots per GPU (pack)
+constexpr int kMaxSwapRounds = 1000;                    // Refine::Swap and Refine::Local
+constexpr int64_t kMigrationMaxNodes = int64_t{1} << 10;
+
+// The limits of opt.refine on n slots (items) per row in packs of per_pack.
+void check_mode_limits(const Options& opt, int64_t n, int64_t per_pack) {
+    if (opt.refine == Refine::Local) {
+        require(n <= kLocalMaxSlots, "refine='local' supports at most 8192 slots (items) per row");
+        require(per_pack <= kLocalMaxPerPack,
+                "refine='local' supports at most 256 slots per GPU (items per pack)");
+    } else if (opt.refine == Refine::Swap) {
+        require(n <= kSwapMaxSlots, "refine='swap' supports at most 65536 slots (items) per row");
+        require(per_pack <= kSwapMaxPerPack,
+                "refine='swap' supports at most 256 slots per GPU (items per pack)");
+    }
+    require(opt.refine == Refine::None || opt.swap_rounds <= kMaxSwapRounds,
+            "swap_rounds must be <= 1000 with refine='swap' or 'local'");
+}
+
+}  // namespace
+
 void balanced_packing(const double* weight, int64_t rows, int64_t n, int64_t num_packs,
                       const Options& opt, int64_t* pack_index, int64_t* rank_in_pack) {
+    IeeeFloatGuard ieee;
     check_options(opt);
     require(rows >= 0 && n >= 1, "weight must have at least one item per row");
     require(num_packs >= 1, "num_packs must be >= 1");
     require(n % num_packs == 0, "the number of items must be divisible by num_packs");
+    require(n <= kMaxExperts, "weight must have at most 2**20 items per row");
+    check_mode_limits(opt, n, n / num_packs);
     check_weights(weight, rows, n, "weight");
     parallel_rows(
         rows, threads_for(opt, rows, n), [] { return PackScratch{}; },
@@ -2001,9 +2146,12 @@ void balanced_packing(const double* weight, int64_t rows, int64_t n, int64_t num
 
 void replicate_experts(const double* weight, int64_t rows, int64_t num_log, int64_t num_phy,
                        const Options& opt, int64_t* phy2log, int64_t* rank, int64_t* logcnt) {
+    IeeeFloatGuard ieee;
     check_options(opt);
     require(rows >= 0 && num_log >= 1, "weight must have at least one expert per row");
     require(num_phy >= num_log, "num_phy must be >= the number of experts");
+    require(num_log <= kMaxExperts, "weight must have at most 2**20 experts per row");
+    require(num_phy <= kMaxReplicas, "num_phy must be <= 2**20");
     check_weights(weight, rows, num_log, "weight");
     parallel_rows(
         rows, threads_for(opt, rows, num_phy), [] { return ReplicateScratch{}; },
@@ -2021,6 +2169,7 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
                        int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
                        int64_t num_gpus, const Options& opt, int64_t* phy2log, int64_t* phyrank,
                        int64_t* logcnt, const Log2PhyAlloc& alloc, const Migration& mig) {
+    IeeeFloatGuard ieee;
     check_options(opt);
     require(layers >= 0 && experts >= 1, "weight must have at least one expert per layer");
     require(num_replicas >= 1 && num_groups >= 1 && num_nodes >= 1 && num_gpus >= 1,
@@ -2029,6 +2178,16 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
     require(num_replicas % num_gpus == 0, "num_replicas must be divisible by num_gpus");
     require(num_gpus % num_nodes == 0, "num_gpus must be divisible by num_nodes");
     require(experts % num_groups == 0, "the number of experts must be divisible by num_groups");
+    require(experts <= kMaxExperts, "weight must have at most 2**20 experts per layer");
+    require(num_replicas <= kMaxReplicas, "num_replicas must be <= 2**20");
+    require(experts * (num_replicas - experts + 1) <= kMaxLog2PhyLayer,
+            "experts * (num_replicas - experts + 1) must be <= 2**24");
+    check_mode_limits(opt, num_replicas, num_replicas / num_gpus);
+    if (mig.old_phy2log != nullptr) {
+        require(num_replicas <= kLocalMaxSlots,
+                "old_phy2log supports at most 8192 slots per layer");
+        require(num_nodes <= kMigrationMaxNodes, "old_phy2log supports at most 1024 nodes");
+    }
     check_weights(weight, layers, experts, "weight");
     if (mig.old_phy2log != nullptr) {
         require(mig.min_gain >= 0.0 && mig.min_gain < 1.0, "min_gain must be in [0, 1)");

@@ -1,17 +1,21 @@
-"""Command line: ``python -m fasteplb demo`` / ``python -m fasteplb bench`` (also installed as
-``fasteplb``)."""
+"""Command line: ``fasteplb plan`` / ``report`` / ``demo`` / ``bench`` (also ``python -m
+fasteplb``). Mistakes in the command line or its files end with one line on stderr and exit
+status 2."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from importlib import resources
-from typing import Optional
+from typing import NoReturn, Optional
 
 import numpy as np
 
 from . import __version__, balancedness, gpu_loads, lower_bound, rebalance_experts, reference
+from ._cli import UserError, add_commands, run
 from ._timing import machine, side_by_side
 
 # DeepSeek-V3 prefill deployment: 256 routed experts in 8 groups, 32 redundant slots,
@@ -79,12 +83,53 @@ def demo(rounds: int) -> int:
     return 0 if all(r[-1] for r in rows) else 1
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="fasteplb", description=__doc__)
+DESCRIPTION = """\
+fasteplb: Expert Parallelism Load Balancer for Mixture-of-Experts serving.
+
+commands:
+  plan    plan a placement from a load file and write it for an engine
+  report  score a plan on a load file (balancedness, gap to the bound, co-location, copies)
+  demo    plan a bundled DeepSeek-V3-shaped load, pure-Python reference vs fasteplb
+  bench   fasteplb against vLLM's and SGLang's own EPLB planners
+
+examples:
+  fasteplb plan --load recorder_dump.pt --replicas 288 --gpus 32 --nodes 4 --groups 8 \\
+      --format sglang --out init_expert_location.json
+  fasteplb report --load trace.json --plan plan.json --png report.png
+  fasteplb demo
+  fasteplb bench --quick
+Run 'fasteplb COMMAND --help' for a command's options and more examples.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit status 2), not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (usage: {self.prog} --help)")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="fasteplb", description=DESCRIPTION, formatter_class=raw)
     parser.add_argument("--version", action="version", version=f"fasteplb {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(sub)
     p_demo = sub.add_parser(
-        "demo", help="plan a bundled DeepSeek-V3-shaped load, pure-Python reference vs fasteplb"
+        "demo",
+        help="plan a bundled DeepSeek-V3-shaped load, pure-Python reference vs fasteplb",
+        description=textwrap.fill(
+            "Plan a bundled synthetic DeepSeek-V3-shaped load (58 layers x 256 experts onto "
+            "288 slots, 4 nodes x 8 GPUs) with fasteplb and the pure-Python reference; print "
+            "times, speed-up, balancedness and whether the plans agree. Needs numpy only.",
+            width=88,
+        ),
+        epilog="examples:\n  fasteplb demo\n  fasteplb demo --rounds 1",
+        formatter_class=raw,
     )
     p_demo.add_argument(
         "--rounds",
@@ -96,22 +141,76 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "bench",
         help="fasteplb against the serving engines' own EPLB planners (vLLM, SGLang) on "
         "realistic synthetic workloads",
-        description="Plan realistic synthetic workloads with fasteplb, the pure-Python "
-        "reference and the engines' planners (loaded from their wheels, cached in "
-        "~/.cache/fasteplb/peers); report time, balancedness (in-sample and next window), "
-        "moves per rebalance and the gap to the lower bound.",
+        description=textwrap.fill(
+            "Plan realistic synthetic workloads with fasteplb, the pure-Python reference and "
+            "the engines' planners (loaded from their wheels, cached in "
+            "~/.cache/fasteplb/peers); report time, balancedness (in-sample and next "
+            "window), moves per rebalance and the gap to the lower bound. The first run "
+            f"downloads the engines' wheels ({_wheels()}) with pip and says so first; "
+            "--offline uses only the cache, --no-download runs without missing engines.",
+            width=88,
+        ),
+        epilog="examples:\n  fasteplb bench --quick\n  fasteplb bench --offline --json "
+        "rows.json\n  fasteplb bench --configs DeepSeek --profiles stress --plots plots/",
+        formatter_class=raw,
     )
-    from ._bench import add_arguments
+    from ._bench.cli import add_arguments
 
     add_arguments(p_bench)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _wheels() -> str:
+    from ._bench.engines import WHEEL_BYTES
+    from ._bench.peers import SGLANG_VERSION, VLLM_VERSION
+
+    versions = {"vllm": f"vLLM {VLLM_VERSION}", "sglang": f"SGLang {SGLANG_VERSION}"}
+    return ", ".join(f"{versions[k]} about {v / 1e6:.0f} MB" for k, v in WHEEL_BYTES.items())
+
+
+def _dispatch(argv: Optional[Sequence[str]]) -> int:
+    args = _build_parser().parse_args(argv)
     if args.command == "demo":
         return demo(args.rounds)
     if args.command == "bench":
-        from ._bench import cli
+        from ._bench.cli import cli
 
-        return cli(args)
-    return 2  # pragma: no cover
+        try:
+            return cli(args)
+        except SystemExit as exc:  # the bench's own usage errors
+            if isinstance(exc.code, str):
+                raise UserError(exc.code) from None
+            raise
+    return run(args)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: send what is left for stdout to /dev/null, so that the exit's
+    flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``fasteplb`` command; returns the exit status."""
+    command = "fasteplb"
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("plan", "report", "demo", "bench"):
+        command = f"fasteplb {args[0]}"
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        print(f"{command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def rebalance_experts(
     old_phy2log: Any = None,
     max_moves: Optional[int] = None,
     min_gain: Optional[float] = None,
+    enable_hierarchical: Optional[bool] = None,
 ) -> tuple[Any, Any, Any]:
     """Plan replica counts and GPU placement for every MoE layer.
 
@@ -54,6 +55,12 @@ def rebalance_experts(
             the old placement. None: no cap, but the fewest copies for the balance reached.
         min_gain: keep a layer's old placement unless re-planning lowers its largest GPU
             load by more than this fraction, in [0, 1) (None: 0, keep it unless it improves)
+        enable_hierarchical: the policy switch of SGLang's copy of DeepSeek's planner
+            (``deepseek.rebalance_experts(..., enable_hierarchical)``): ``False`` plans with
+            the global policy, as one group on one node (``num_groups`` and ``num_nodes``
+            are then ignored, as SGLang does); ``True`` the hierarchical policy, which needs
+            ``num_groups % num_nodes == 0`` (ValueError otherwise, where SGLang asserts);
+            ``None`` (default) DeepSeek's rule above
 
     Returns:
         phy2log: [layers, num_replicas], the logical expert held by each slot
@@ -67,12 +74,35 @@ def rebalance_experts(
     threads = _checks.threads(num_threads)
     w = Weights(weight)
     layers, experts = _checks.shape(w.shape)
-    sizes = _checks.plan(layers, experts, num_replicas, num_groups, num_nodes, num_gpus)
-    old, moves, gain = _checks.migration(old_phy2log, max_moves, min_gain, layers, sizes[0])
+    if enable_hierarchical is not None:  # SGLang's switch; None: DeepSeek's divisibility rule
+        if not isinstance(enable_hierarchical, bool):
+            raise TypeError(
+                "enable_hierarchical must be a bool or None, got "
+                f"{type(enable_hierarchical).__name__}"
+            )
+        if not enable_hierarchical:
+            num_groups, num_nodes = 1, 1  # the global policy, as SGLang's deepseek.py
+    migrate = old_phy2log is not None
+    sizes = _checks.plan(
+        layers, experts, num_replicas, num_groups, num_nodes, num_gpus, refine, swap_rounds, migrate
+    )
+    nodes = sizes[2] if migrate else 0
+    _checks.memory("rebalance_experts", layers, experts, sizes[0], threads, True, nodes)
+    if enable_hierarchical and sizes[1] % sizes[2]:
+        raise ValueError(
+            f"enable_hierarchical=True needs num_groups ({sizes[1]}) divisible by num_nodes "
+            f"({sizes[2]})"
+        )
+    old, moves, gain = _checks.migration(
+        old_phy2log, max_moves, min_gain, layers, sizes[0], experts
+    )
     if old is not None and refine == "swap":
         raise ValueError("old_phy2log works with refine='local' or 'none', not 'swap'")
+    view, bfloat16 = w.native
     return w.wrap(
-        *_core.rebalance_experts(w.array, *sizes, refine, swap_rounds, threads, old, moves, gain)
+        *_core.rebalance_experts(
+            view, *sizes, refine, swap_rounds, threads, old, moves, gain, bfloat16
+        )
     )
 
 
@@ -98,8 +128,10 @@ def balanced_packing(
     threads = _checks.threads(num_threads)
     w = Weights(weight)
     rows, n = _checks.shape(w.shape)
-    num_packs = _checks.packing(rows, n, num_packs)
-    return w.wrap(*_core.balanced_packing(w.array, num_packs, refine, swap_rounds, threads))
+    num_packs = _checks.packing(rows, n, num_packs, refine, swap_rounds)
+    _checks.memory("balanced_packing", rows, n, n, threads)
+    view, bfloat16 = w.native
+    return w.wrap(*_core.balanced_packing(view, num_packs, refine, swap_rounds, threads, bfloat16))
 
 
 def replicate_experts(
@@ -120,4 +152,6 @@ def replicate_experts(
     w = Weights(weight)
     rows, n = _checks.shape(w.shape)
     num_phy = _checks.replication(rows, n, num_phy)
-    return w.wrap(*_core.replicate_experts(w.array, num_phy, threads))
+    _checks.memory("replicate_experts", rows, n, num_phy, threads)
+    view, bfloat16 = w.native
+    return w.wrap(*_core.replicate_experts(view, num_phy, threads, bfloat16))

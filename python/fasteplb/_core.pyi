@@ -1,13 +1,17 @@
-"""Private native core. Use the fasteplb package API instead."""
+"""Private native core. Use the fasteplb package API instead.
+
+``weight`` is a 2-D array of any real or integer dtype of 1 to 8 bytes, in native byte order
+and any strides (``bfloat16=True``: int16/uint16 elements holding bfloat16 bits). Each call
+copies its inputs once before planning, so the caller may keep writing into them.
+"""
 
 import numpy as np
 import numpy.typing as npt
 
-_F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
 
 def rebalance_experts(
-    weight: _F64,
+    weight: npt.NDArray[np.generic],
     num_replicas: int,
     num_groups: int,
     num_nodes: int,
@@ -18,12 +22,16 @@ def rebalance_experts(
     old_phy2log: _I64 | None = None,
     max_moves: int = -1,
     min_gain: float = 0.0,
+    bfloat16: bool = False,
 ) -> tuple[_I64, _I64, _I64]: ...
 def balanced_packing(
-    weight: _F64,
+    weight: npt.NDArray[np.generic],
     num_packs: int,
     refine: str = "local",
     swap_rounds: int = 20,
     num_threads: int = 0,
+    bfloat16: bool = False,
 ) -> tuple[_I64, _I64]: ...
-def replicate_experts(weight: _F64, num_phy: int, num_threads: int = 0) -> tuple[_I64, _I64, _I64]: ...
+def replicate_experts(
+    weight: npt.NDArray[np.generic], num_phy: int, num_threads: int = 0, bfloat16: bool = False
+) -> tuple[_I64, _I64, _I64]: ...

@@ -34,7 +34,9 @@ def _gpu_loads(phy2log: np.ndarray, weight: np.ndarray, num_gpus: int) -> np.nda
         )
     slots = phy2log.shape[1]
     if slots % num_gpus:
-        raise ValueError(f"phy2log's slot count ({slots}) must be divisible by num_gpus ({num_gpus})")
+        raise ValueError(
+            f"phy2log's slot count ({slots}) must be divisible by num_gpus ({num_gpus})"
+        )
     if phy2log.size and (phy2log.min() < 0 or phy2log.max() >= experts):
         raise ValueError(f"phy2log entries must lie in [0, {experts})")
     flat = phy2log + experts * np.arange(layers, dtype=np.int64)[:, None]
@@ -44,12 +46,13 @@ def _gpu_loads(phy2log: np.ndarray, weight: np.ndarray, num_gpus: int) -> np.nda
     # Per (layer, GPU, expert): the replicas there, so that a GPU holding j of an expert's c
     # replicas carries w * (j / c) in one rounding (w / c per slot underflows for tiny w).
     gpu = np.arange(slots, dtype=np.int64) // (slots // num_gpus)
-    key = ((np.arange(layers, dtype=np.int64)[:, None] * num_gpus + gpu) * experts + phy2log)
+    key = (np.arange(layers, dtype=np.int64)[:, None] * num_gpus + gpu) * experts + phy2log
     pairs, held = np.unique(key.ravel(), return_counts=True)
     row, e = pairs // experts // num_gpus, pairs % experts
     share = weight[row, e] * (held / logcnt[row, e])
     return np.bincount(pairs // experts, weights=share, minlength=layers * num_gpus).reshape(
-        layers, num_gpus)
+        layers, num_gpus
+    )
 
 
 def _slots(phy2log: Any, name: str = "phy2log") -> np.ndarray:
@@ -186,12 +189,16 @@ def _partition_tables(num_items: int, num_blocks: int) -> _PartitionTables:
                 row_r.append(rests.setdefault(state & ~mask, len(rests)))
             block_rows.append(row_b)
             rest_rows.append(row_r)
-        top_down.append((np.asarray(block_rows, dtype=np.int64),
-                         np.asarray(rest_rows, dtype=np.int64)))
+        top_down.append(
+            (np.asarray(block_rows, dtype=np.int64), np.asarray(rest_rows, dtype=np.int64))
+        )
         states = list(rests)
     base = np.asarray([block_index[s] for s in states], dtype=np.int64)
-    return _PartitionTables(np.asarray(blocks, dtype=np.int64).reshape(len(blocks), size), base,
-                            tuple(reversed(top_down)))
+    return _PartitionTables(
+        np.asarray(blocks, dtype=np.int64).reshape(len(blocks), size),
+        base,
+        tuple(reversed(top_down)),
+    )
 
 
 def _best_partition_exact(group_load: np.ndarray, num_nodes: int) -> np.ndarray:
@@ -231,8 +238,7 @@ def _best_partition_bound(group_load: np.ndarray, num_nodes: int) -> np.ndarray:
     asc = np.sort(group_load, axis=1)
     smallest = np.zeros((layers, groups + 1))
     np.cumsum(asc, axis=1, out=smallest[:, 1:])  # smallest[:, i]: the i smallest, summed
-    bound = np.maximum(group_load.sum(axis=1) / num_nodes,
-                       asc[:, -1] + smallest[:, per_node - 1])
+    bound = np.maximum(group_load.sum(axis=1) / num_nodes, asc[:, -1] + smallest[:, per_node - 1])
     if per_node >= 2:
         # Descending ranks N and N+1 (1-based) are ascending columns K-N and K-N-1.
         pair = asc[:, groups - num_nodes] + asc[:, groups - num_nodes - 1]
@@ -326,8 +332,9 @@ def lower_bound(
     return _out(bound, w.device), out
 
 
-def _colocated(phy2log: np.ndarray, num_gpus: int, avoidable_only: bool,
-               num_nodes: int) -> np.ndarray:
+def _colocated(
+    phy2log: np.ndarray, num_gpus: int, avoidable_only: bool, num_nodes: int
+) -> np.ndarray:
     """[L, P] slots -> [L] extra same-expert copies per GPU (see colocated)."""
     layers, slots = phy2log.shape
     per_gpu = phy2log.reshape(layers, num_gpus, slots // num_gpus)
@@ -377,9 +384,7 @@ def colocated(
     if p.ndim != 2:
         raise ValueError(f"phy2log must be 2-D [layers, slots], got shape {tuple(p.shape)}")
     if p.shape[1] % g:
-        raise ValueError(
-            f"phy2log's slot count ({p.shape[1]}) must be divisible by num_gpus ({g})"
-        )
+        raise ValueError(f"phy2log's slot count ({p.shape[1]}) must be divisible by num_gpus ({g})")
     if g % n:
         raise ValueError(f"num_gpus ({g}) must be divisible by num_nodes ({n})")
     if p.size and p.min() < 0:

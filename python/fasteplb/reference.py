@@ -111,8 +111,15 @@ def _replicate(w: list[float], num_phy: int) -> tuple[list[int], list[int], list
 
 
 def _place_layer(
-    w: list[float], group_pack: list[int], group_rank: list[int], num_replicas: int,
-    num_groups: int, num_nodes: int, num_gpus: int, refine: str, rounds: int,
+    w: list[float],
+    group_pack: list[int],
+    group_rank: list[int],
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+    refine: str,
+    rounds: int,
 ) -> tuple[list[int], list[int], list[int], float]:
     """Steps 2 and 3 for a given groups -> nodes partition. Returns (phy2log, phyrank,
     logcnt, largest GPU load)."""
@@ -154,8 +161,13 @@ def _place_layer(
 
 
 def _rebalance_layer(
-    w: list[float], num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
-    refine: str, rounds: int,
+    w: list[float],
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+    refine: str,
+    rounds: int,
 ) -> tuple[list[int], list[int], list[int], float]:
     # Step 1: groups -> nodes (explicit sums: sum() may compensate rounding on newer Pythons).
     group_size = len(w) // num_groups
@@ -188,6 +200,7 @@ def rebalance_experts(
     *,
     refine: str = "swap",
     swap_rounds: int = 20,
+    enable_hierarchical: Any = None,
 ) -> tuple[Any, Any, Any]:
     """Reference for :func:`fasteplb.rebalance_experts` (same arguments and results)."""
     import numpy as np
@@ -195,9 +208,22 @@ def rebalance_experts(
     refine, swap_rounds = _checks.options(refine, swap_rounds, _MODES)
     wt = Weights(weight)
     layers, experts = _checks.shape(wt.shape)
+    if enable_hierarchical is not None:  # SGLang's switch, as in fasteplb.rebalance_experts
+        if not isinstance(enable_hierarchical, bool):
+            raise TypeError(
+                "enable_hierarchical must be a bool or None, got "
+                f"{type(enable_hierarchical).__name__}"
+            )
+        if not enable_hierarchical:
+            num_groups, num_nodes = 1, 1
     num_replicas, num_groups, num_nodes, num_gpus = _checks.plan(
-        layers, experts, num_replicas, num_groups, num_nodes, num_gpus
+        layers, experts, num_replicas, num_groups, num_nodes, num_gpus, refine, swap_rounds
     )
+    if enable_hierarchical and num_groups % num_nodes:
+        raise ValueError(
+            f"enable_hierarchical=True needs num_groups ({num_groups}) divisible by num_nodes "
+            f"({num_nodes})"
+        )
     rows = wt.array.tolist()
     _check_values(rows)
     if num_groups % num_nodes:
@@ -226,7 +252,7 @@ def balanced_packing(
     refine, swap_rounds = _checks.options(refine, swap_rounds, _MODES)
     wt = Weights(weight)
     rows, n = _checks.shape(wt.shape)
-    num_packs = _checks.packing(rows, n, num_packs)
+    num_packs = _checks.packing(rows, n, num_packs, refine, swap_rounds)
     values = wt.array.tolist()
     _check_values(values)
     packs = [_pack(w, num_packs, refine, swap_rounds)[:2] for w in values]

@@ -1,13 +1,17 @@
 // Standalone tests for the fasteplb C++ core (csrc/fasteplb/eplb.hpp), meant to run under
-// AddressSanitizer and UndefinedBehaviorSanitizer (see tests/cpp/run_sanitizers.sh).
+// AddressSanitizer and UndefinedBehaviorSanitizer, and under ThreadSanitizer (see
+// tests/cpp/run_sanitizers.sh).
 //
 // No test framework: CHECK counts passes and failures and prints file:line with the case
 // being tested; main returns non-zero on any failure and ends with "N passed, M failed".
 //
-// Usage: test_core [--scale X] [--seed S] [--case SEED] [--noop]
+// Usage: test_core [--scale X] [--seed S] [--case SEED] [--simd NAME] [--noop]
 //   --scale X   multiply the number of random cases (default 1; 0.2 is a smoke run)
 //   --seed S    base seed of the random cases (default fixed, so runs are reproducible)
 //   --case SEED re-run only the random rebalance case with that seed (printed on failure)
+//   --simd NAME run everything on the "avx2" or "default" kernels (default: the CPU's best,
+//               or "default" with FASTEPLB_SIMD=default in the environment); the kernel test
+//               compares both in any case, where the CPU has AVX2
 //   --noop      do nothing and exit 0 (used by run_sanitizers.sh to probe LeakSanitizer)
 
 #include <algorithm>
@@ -22,9 +26,17 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fasteplb/eplb.hpp"
+
+namespace fasteplb {
+// Test hooks defined in csrc/fasteplb/eplb.cpp (not in the public header): the CPU-specific
+// kernels in use ("avx2" or "default"), and a switch between them (false if unavailable).
+const char* simd_kernels();
+bool set_simd_kernels(const char* name);
+}  // namespace fasteplb
 
 namespace {
 
@@ -57,50 +69,53 @@ void record(bool ok, const char* file, int line, const char* expr, const std::st
 
 // Runs `stmt` and checks that it throws std::invalid_argument (optionally with `needle` in
 // its message).
-#define CHECK_THROWS_INVALID(stmt, needle)                                                    \
-    do {                                                                                      \
-        bool thrown_ = false;                                                                 \
-        std::string what_;                                                                    \
-        try {                                                                                 \
-            stmt;                                                                             \
-        } catch (const std::invalid_argument& e) {                                            \
-            thrown_ = true;                                                                   \
-            what_ = e.what();                                                                 \
-        } catch (const std::exception& e) {                                                   \
-            what_ = std::string("other std::exception: ") + e.what();                        \
-        } catch (...) {                                                                       \
-            what_ = "non-std exception";                                                      \
-        }                                                                                     \
-        record(thrown_, __FILE__, __LINE__, "throws std::invalid_argument: " #stmt,          \
-               what_.empty() ? "nothing thrown" : what_);                                     \
-        const char* needle_ = (needle);                                                       \
-        if (thrown_ && needle_ != nullptr) {                                                  \
-            record(what_.find(needle_) != std::string::npos, __FILE__, __LINE__,              \
-                   "message mentions the culprit: " #stmt, "message: " + what_);             \
-        }                                                                                     \
+#define CHECK_THROWS_INVALID(stmt, needle)                                          \
+    do {                                                                            \
+        bool thrown_ = false;                                                       \
+        std::string what_;                                                          \
+        try {                                                                       \
+            stmt;                                                                   \
+        } catch (const std::invalid_argument& e) {                                  \
+            thrown_ = true;                                                         \
+            what_ = e.what();                                                       \
+        } catch (const std::exception& e) {                                         \
+            what_ = std::string("other std::exception: ") + e.what();               \
+        } catch (...) {                                                             \
+            what_ = "non-std exception";                                            \
+        }                                                                           \
+        record(thrown_, __FILE__, __LINE__, "throws std::invalid_argument: " #stmt, \
+               what_.empty() ? "nothing thrown" : what_);                           \
+        const char* needle_ = (needle);                                             \
+        if (thrown_ && needle_ != nullptr) {                                        \
+            record(what_.find(needle_) != std::string::npos, __FILE__, __LINE__,    \
+                   "message mentions the culprit: " #stmt, "message: " + what_);    \
+        }                                                                           \
     } while (0)
 
-#define CHECK_NO_THROW(stmt)                                                                  \
-    do {                                                                                      \
-        std::string what_;                                                                    \
-        bool ok_ = true;                                                                      \
-        try {                                                                                 \
-            stmt;                                                                             \
-        } catch (const std::exception& e) {                                                   \
-            ok_ = false;                                                                      \
-            what_ = e.what();                                                                 \
-        } catch (...) {                                                                       \
-            ok_ = false;                                                                      \
-            what_ = "non-std exception";                                                      \
-        }                                                                                     \
-        record(ok_, __FILE__, __LINE__, "does not throw: " #stmt, what_);                    \
+#define CHECK_NO_THROW(stmt)                                              \
+    do {                                                                  \
+        std::string what_;                                                \
+        bool ok_ = true;                                                  \
+        try {                                                             \
+            stmt;                                                         \
+        } catch (const std::exception& e) {                               \
+            ok_ = false;                                                  \
+            what_ = e.what();                                             \
+        } catch (...) {                                                   \
+            ok_ = false;                                                  \
+            what_ = "non-std exception";                                  \
+        }                                                                 \
+        record(ok_, __FILE__, __LINE__, "does not throw: " #stmt, what_); \
     } while (0)
 
 const char* refine_name(Refine r) {
     switch (r) {
-        case Refine::None: return "none";
-        case Refine::Swap: return "swap";
-        case Refine::Local: return "local";
+        case Refine::None:
+            return "none";
+        case Refine::Swap:
+            return "swap";
+        case Refine::Local:
+            return "local";
     }
     return "?";
 }
@@ -126,10 +141,10 @@ enum LoadKind {
     kTokens,     // integer token counts
     kZeros,
     kEqual,
-    kSparse,     // mostly zero, a few hot experts
-    kHuge,       // around 1e290 (row sums stay below the 1e300 limit for <= 300 experts)
-    kTiny,       // 1e-300 scale and subnormal multiples of 5e-324
-    kMixed,      // each entry drawn from all of the above magnitudes
+    kSparse,  // mostly zero, a few hot experts
+    kHuge,    // around 1e290 (row sums stay below the 1e300 limit for <= 300 experts)
+    kTiny,    // 1e-300 scale and subnormal multiples of 5e-324
+    kMixed,   // each entry drawn from all of the above magnitudes
     kNumLoadKinds
 };
 
@@ -148,12 +163,24 @@ F64 make_loads(std::mt19937_64& rng, int kind, int64_t count) {
     const double equal = static_cast<double>(1 + rng() % 100);
     for (auto& x : w) {
         switch (kind) {
-            case kLogNormal: x = logn(rng); break;
-            case kSmallInts: x = small(rng); break;
-            case kTokens: x = static_cast<double>(rng() % 100000); break;
-            case kZeros: x = 0.0; break;
-            case kEqual: x = equal; break;
-            case kSparse: x = unit(rng) < 0.1 ? static_cast<double>(1 + rng() % 1000) : 0.0; break;
+            case kLogNormal:
+                x = logn(rng);
+                break;
+            case kSmallInts:
+                x = small(rng);
+                break;
+            case kTokens:
+                x = static_cast<double>(rng() % 100000);
+                break;
+            case kZeros:
+                x = 0.0;
+                break;
+            case kEqual:
+                x = equal;
+                break;
+            case kSparse:
+                x = unit(rng) < 0.1 ? static_cast<double>(1 + rng() % 1000) : 0.0;
+                break;
             case kHuge:
                 x = rng() % 8 == 0 ? 1e290 : 1e290 * (0.25 + 0.75 * unit(rng));
                 break;
@@ -162,13 +189,14 @@ F64 make_loads(std::mt19937_64& rng, int kind, int64_t count) {
                                    : 5e-324 * static_cast<double>(rng() % 5);
                 break;
             case kMixed: {
-                static const double pool[] = {0.0,   5e-324, 1e-310, 1e-300, 1e-5,
-                                              1.0,   3.0,    1e200,  7e250,  1e290};
+                static const double pool[] = {0.0, 5e-324, 1e-310, 1e-300, 1e-5,
+                                              1.0, 3.0,    1e200,  7e250,  1e290};
                 const int pick = static_cast<int>(rng() % 12);
                 x = pick < 10 ? pool[pick] : (pick == 10 ? logn(rng) : small(rng));
                 break;
             }
-            default: x = 0.0;
+            default:
+                x = 0.0;
         }
     }
     return w;
@@ -204,8 +232,7 @@ Plan rebalance(const F64& w, const Shape& s, const Options& opt, bool with_alloc
         alloc = [&p, &s](int64_t r) -> int64_t* {
             ++p.alloc_calls;
             p.max_cnt = r;
-            p.log2phy.assign(static_cast<size_t>(std::max<int64_t>(s.L * s.E * r, 1)),
-                             kSentinel);
+            p.log2phy.assign(static_cast<size_t>(std::max<int64_t>(s.L * s.E * r, 1)), kSentinel);
             return p.log2phy.data();
         };
     }
@@ -350,7 +377,12 @@ bool check_plan(const Shape& s, const Plan& p, bool with_alloc) {
     return true;
 }
 
-// A random valid shape: E in [1, max_e], P in [E, 4E], hierarchical or global.
+// refine='swap' and 'local' plan at most this many slots per GPU (the core's supported sizes;
+// larger requests are refused with std::invalid_argument).
+constexpr int64_t kMaxSlotsPerGpu = 256;
+
+// A random valid shape: E in [1, max_e], P in [E, 4E], at most kMaxSlotsPerGpu slots per GPU,
+// hierarchical or global.
 Shape random_shape(std::mt19937_64& rng, int64_t max_e) {
     auto pick = [&rng](int64_t lo, int64_t hi) {  // inclusive
         return lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
@@ -372,6 +404,7 @@ Shape random_shape(std::mt19937_64& rng, int64_t max_e) {
             const int64_t k_lo = (s.E + s.G - 1) / s.G, k_hi = 4 * s.E / s.G;
             if (k_lo > k_hi) continue;
             s.P = s.G * pick(k_lo, std::min(k_hi, k_lo + 3));
+            if (s.P / s.G > kMaxSlotsPerGpu) continue;
             return s;
         }
         // Small sizes are where the corner cases live: weight them up.
@@ -407,12 +440,17 @@ Shape random_shape(std::mt19937_64& rng, int64_t max_e) {
         if (k_lo > k_hi) continue;
         int64_t k;
         switch (rng() % 4) {
-            case 0: k = k_lo; break;                    // as few spare slots as possible
-            case 1: k = k_lo <= 2 && 2 <= k_hi ? 2 : k_lo; break;  // 2 slots/GPU: pair search
-            default: k = pick(k_lo, k_hi);
+            case 0:
+                k = k_lo;
+                break;  // as few spare slots as possible
+            case 1:
+                k = k_lo <= 2 && 2 <= k_hi ? 2 : k_lo;
+                break;  // 2 slots/GPU: pair search
+            default:
+                k = pick(k_lo, k_hi);
         }
         s.P = s.G * k;
-        if (s.P < s.E || s.P > 4 * s.E) continue;
+        if (s.P < s.E || s.P > 4 * s.E || s.P / s.G > kMaxSlotsPerGpu) continue;
         return s;
     }
 }
@@ -428,15 +466,17 @@ std::string describe(const Shape& s, int kind, uint64_t seed) {
 
 // Coverage of the random shapes (printed at the end): which code paths the cases reach.
 struct Coverage {
-    long cases = 0, hierarchical_multi_node = 0, single_node = 0, global_multi = 0,
-         two_per_gpu = 0, exact_split = 0, no_spare = 0, big = 0;
+    long cases = 0, hierarchical_multi_node = 0, single_node = 0, global_multi = 0, two_per_gpu = 0,
+         exact_split = 0, no_spare = 0, big = 0;
 } g_cov;
 
 void count_coverage(const Shape& s) {
     ++g_cov.cases;
     if (s.hierarchical()) {
-        if (s.N > 1) ++g_cov.hierarchical_multi_node;
-        else ++g_cov.single_node;
+        if (s.N > 1)
+            ++g_cov.hierarchical_multi_node;
+        else
+            ++g_cov.single_node;
         if (s.N > 1 && s.K > s.N && s.K <= 12) ++g_cov.exact_split;  // refine=local's exact split
     } else {
         ++g_cov.global_multi;
@@ -464,8 +504,8 @@ void rebalance_case(uint64_t seed, bool determinism) {
         opt.refine = refine;
         opt.swap_rounds = rounds;
         opt.num_threads = threads;
-        g_context = base + fmt(" refine=%s swap_rounds=%d threads=%d", refine_name(refine),
-                               rounds, threads);
+        g_context = base + fmt(" refine=%s swap_rounds=%d threads=%d", refine_name(refine), rounds,
+                               threads);
         Plan with, without;
         try {
             with = rebalance(w, s, opt, true);
@@ -535,8 +575,9 @@ void rebalance_case(uint64_t seed, bool determinism) {
                 if (!check_plan(flat, m, true)) continue;
                 for (int64_t l = 0; l < s.L; ++l) {
                     const int64_t moves = moves_in_layer(*old, m.phy2log, s, l);
-                    CHECK_MSG(budget < 0 || moves <= budget, fmt("layer %lld: %lld moves",
-                              static_cast<long long>(l), static_cast<long long>(moves)));
+                    CHECK_MSG(budget < 0 || moves <= budget,
+                              fmt("layer %lld: %lld moves", static_cast<long long>(l),
+                                  static_cast<long long>(moves)));
                 }
                 if (budget == 0) CHECK(m.phy2log == *old);
                 if (determinism) {
@@ -555,8 +596,7 @@ void rebalance_case(uint64_t seed, bool determinism) {
                 const double none = max_gpu_load(w, s, plans[0], l);
                 const double refined = max_gpu_load(w, s, plans[r], l);
                 g_context = base + fmt(" refine=%s swap_rounds=%d layer=%lld",
-                                       refine_name(kRefines[r]), rounds,
-                                       static_cast<long long>(l));
+                                       refine_name(kRefines[r]), rounds, static_cast<long long>(l));
                 CHECK_MSG(refined <= none + 1e-12 * none,
                           fmt("max GPU load %.17g > none's %.17g (ratio %.17g)", refined, none,
                               refined / none));
@@ -616,10 +656,10 @@ void packing_case(uint64_t seed) {
     const int kind = static_cast<int>(rng() % kNumLoadKinds);
     const F64 w = make_loads(rng, kind, rows * n);
     const int rounds = std::vector<int>{0, 1, 20, 100}[rng() % 4];
-    const std::string base = fmt("packing seed=%llu rows=%lld n=%lld packs=%lld loads=%s",
-                                 static_cast<unsigned long long>(seed),
-                                 static_cast<long long>(rows), static_cast<long long>(n),
-                                 static_cast<long long>(m), load_name(kind));
+    const std::string base =
+        fmt("packing seed=%llu rows=%lld n=%lld packs=%lld loads=%s",
+            static_cast<unsigned long long>(seed), static_cast<long long>(rows),
+            static_cast<long long>(n), static_cast<long long>(m), load_name(kind));
     std::vector<I64> packs;
     for (const Refine refine : kRefines) {
         g_context = base + fmt(" refine=%s swap_rounds=%d", refine_name(refine), rounds);
@@ -677,13 +717,14 @@ void packing_case(uint64_t seed) {
             bool ok = true;
             std::string detail;
             for (int64_t row = 0; row < rows; ++row) {
-                const double none = max_pack_load(w.data() + row * n, n, m, packs[0].data() + row * n);
+                const double none =
+                    max_pack_load(w.data() + row * n, n, m, packs[0].data() + row * n);
                 const double refined =
                     max_pack_load(w.data() + row * n, n, m, packs[r].data() + row * n);
                 if (!(refined <= none + 1e-12 * none)) {
                     ok = false;
-                    detail += fmt(" row %lld: %.17g > %.17g", static_cast<long long>(row),
-                                  refined, none);
+                    detail +=
+                        fmt(" row %lld: %.17g > %.17g", static_cast<long long>(row), refined, none);
                 }
             }
             g_context = base + fmt(" refine=%s swap_rounds=%d", refine_name(kRefines[r]), rounds);
@@ -724,17 +765,22 @@ void replicate_case(uint64_t seed) {
     // Spare slots: none, a few (scan path) or many (heap path).
     int64_t extra;
     switch (rng() % 4) {
-        case 0: extra = 0; break;
-        case 1: extra = static_cast<int64_t>(rng() % 8); break;
-        default: extra = static_cast<int64_t>(rng() % (3 * n + 1));
+        case 0:
+            extra = 0;
+            break;
+        case 1:
+            extra = static_cast<int64_t>(rng() % 8);
+            break;
+        default:
+            extra = static_cast<int64_t>(rng() % (3 * n + 1));
     }
     const int64_t num_phy = n + extra;
     const int kind = static_cast<int>(rng() % kNumLoadKinds);
     const F64 w = make_loads(rng, kind, rows * n);
-    const std::string base = fmt("replicate seed=%llu rows=%lld n=%lld num_phy=%lld loads=%s",
-                                 static_cast<unsigned long long>(seed),
-                                 static_cast<long long>(rows), static_cast<long long>(n),
-                                 static_cast<long long>(num_phy), load_name(kind));
+    const std::string base =
+        fmt("replicate seed=%llu rows=%lld n=%lld num_phy=%lld loads=%s",
+            static_cast<unsigned long long>(seed), static_cast<long long>(rows),
+            static_cast<long long>(n), static_cast<long long>(num_phy), load_name(kind));
     I64 want_p2l(static_cast<size_t>(rows * num_phy)), want_rank(want_p2l),
         want_cnt(static_cast<size_t>(rows * n));
     for (int64_t r = 0; r < rows; ++r) {
@@ -809,8 +855,8 @@ void replicate_case(uint64_t seed) {
 void test_fixed_cases() {
     // DeepSeek's worked example (EPLB README; tests/test_deepseek_example.py): 2 layers,
     // 12 experts, 16 replicas, 4 groups, 2 nodes, 8 GPUs; the invariants for every mode.
-    const F64 w = {90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86,
-                   20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27};
+    const F64 w = {90, 132, 40,  61, 104, 165, 39,  4,   73,  56, 183, 86,
+                   20, 107, 104, 64, 19,  197, 187, 157, 172, 86, 16,  27};
     const Shape s{2, 12, 16, 4, 2, 8};
     for (const Refine refine : kRefines) {
         Options opt;
@@ -826,8 +872,8 @@ void test_fixed_cases() {
         opt.refine = Refine::None;
         g_context = "deepseek example refine=none: README phy2log";
         const Plan p = rebalance(w, s, opt, true);
-        const I64 want = {5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1,
-                          7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1};
+        const I64 want = {5, 6,  5, 7, 8, 4,  3, 4, 10, 9, 10, 2, 0, 1, 11, 1,
+                          7, 10, 6, 8, 6, 11, 8, 9, 2,  4, 5,  1, 5, 0, 3,  1};
         CHECK_MSG(p.phy2log == want, "phy2log matches DeepSeek's README example");
     }
 
@@ -908,13 +954,66 @@ void test_migration_errors() {
     CHECK_THROWS_INVALID(migrate(w, s, opt, old, -1, std::nan("")), "min_gain");
 }
 
+// Move budgets near 2^63 (the README allows max_moves up to 2^63 - 1): the per-node ceiling
+// share of the budget must not overflow (UBSan aborts on signed overflow), and a budget that
+// no layer can exhaust must give exactly the uncapped plan. Several nodes, so the share is
+// split more than once, from the old fresh plan (no slot holds another node's expert) and from
+// a random placement (some do), with one and several threads.
+void test_migration_budget_limits() {
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    std::mt19937_64 rng(777);
+    for (const Shape& s :
+         {Shape{3, 16, 32, 4, 4, 8}, Shape{4, 24, 48, 8, 4, 8}, Shape{2, 12, 24, 6, 3, 6}}) {
+        const F64 w = make_loads(rng, kLogNormal, s.L * s.E);
+        F64 drifted = w;
+        std::lognormal_distribution<double> noise(0.0, 0.5);
+        for (double& x : drifted) x *= noise(rng);
+        Options opt;
+        opt.refine = Refine::Local;
+        opt.num_threads = 1;
+        const I64 fresh = rebalance(w, s, opt, false).phy2log;
+        I64 random_old(static_cast<size_t>(s.L * s.P));
+        for (int64_t l = 0; l < s.L; ++l) {
+            int64_t* row = random_old.data() + l * s.P;
+            for (int64_t p = 0; p < s.P; ++p) {
+                row[p] = p < s.E ? p : static_cast<int64_t>(rng() % static_cast<uint64_t>(s.E));
+            }
+            std::shuffle(row, row + s.P, rng);
+        }
+        for (const I64* old : {&fresh, static_cast<const I64*>(&random_old)}) {
+            for (const Refine refine : {Refine::Local, Refine::None}) {
+                for (const int threads : {1, 3}) {
+                    Options o;
+                    o.refine = refine;
+                    o.num_threads = threads;
+                    const Plan uncapped = migrate(drifted, s, o, *old, -1, 0.0);
+                    for (const int64_t budget : {kMax, kMax - 1, kMax - 2, kMax - 3, kMax / 2 + 1,
+                                                 int64_t{1} << 62, kMax - s.P, s.P * s.N}) {
+                        g_context =
+                            fmt("migration budget=%lld refine=%s threads=%d L=%lld "
+                                "E=%lld P=%lld N=%lld random_old=%d",
+                                static_cast<long long>(budget), refine_name(refine), threads,
+                                static_cast<long long>(s.L), static_cast<long long>(s.E),
+                                static_cast<long long>(s.P), static_cast<long long>(s.N),
+                                old == &random_old);
+                        Plan capped;
+                        CHECK_NO_THROW(capped = migrate(drifted, s, o, *old, budget, 0.0));
+                        CHECK_MSG(capped == uncapped,
+                                  "a budget no layer can use up gives the uncapped plan");
+                    }
+                }
+            }
+        }
+    }
+}
+
 void test_errors() {
     const double nan = std::numeric_limits<double>::quiet_NaN();
     const double inf = std::numeric_limits<double>::infinity();
     Options opt;
     I64 a(64), b(64), c(64);
-    auto reb = [&](const F64& w, int64_t L, int64_t E, int64_t P, int64_t K, int64_t N,
-                   int64_t G, const Options& o) {
+    auto reb = [&](const F64& w, int64_t L, int64_t E, int64_t P, int64_t K, int64_t N, int64_t G,
+                   const Options& o) {
         fasteplb::rebalance_experts(w.data(), L, E, P, K, N, G, o, a.data(), b.data(), c.data());
     };
     const F64 good = {1, 2, 3, 4, 5, 6, 7, 8};  // 2 layers x 4 experts
@@ -929,9 +1028,9 @@ void test_errors() {
             CHECK_THROWS_INVALID(reb(w, 2, 4, 8, 2, 1, 4, o), "weight");
             CHECK_THROWS_INVALID(
                 fasteplb::balanced_packing(w.data(), 2, 4, 2, o, a.data(), b.data()), "weight");
-            CHECK_THROWS_INVALID(fasteplb::replicate_experts(w.data(), 2, 4, 6, o, a.data(),
-                                                             b.data(), c.data()),
-                                 "weight");
+            CHECK_THROWS_INVALID(
+                fasteplb::replicate_experts(w.data(), 2, 4, 6, o, a.data(), b.data(), c.data()),
+                "weight");
             CHECK_THROWS_INVALID(fasteplb::check_weights(w.data(), 2, 4, "load"), "load");
         }
     }
@@ -998,20 +1097,19 @@ void test_errors() {
             Options o;
             o.refine = refine;
             o.num_threads = t;
-            g_context = fmt("errors: throwing allocator refine=%s threads=%d",
-                            refine_name(refine), t);
+            g_context =
+                fmt("errors: throwing allocator refine=%s threads=%d", refine_name(refine), t);
             I64 p2l(static_cast<size_t>(s.L * s.P)), rank(p2l), cnt(static_cast<size_t>(s.L * s.E));
             int calls = 0;
             CHECK_THROWS_INVALID(
-                fasteplb::rebalance_experts(w.data(), s.L, s.E, s.P, s.K, s.N, s.G, o, p2l.data(),
-                                            rank.data(), cnt.data(),
-                                            [&calls](int64_t) -> int64_t* {
-                                                ++calls;
-                                                // Owns memory while it throws, as a binding does.
-                                                std::vector<int64_t> tmp(1000, 1);
-                                                throw std::invalid_argument(
-                                                    "log2phy too large (test allocator)");
-                                            }),
+                fasteplb::rebalance_experts(
+                    w.data(), s.L, s.E, s.P, s.K, s.N, s.G, o, p2l.data(), rank.data(), cnt.data(),
+                    [&calls](int64_t) -> int64_t* {
+                        ++calls;
+                        // Owns memory while it throws, as a binding does.
+                        std::vector<int64_t> tmp(1000, 1);
+                        throw std::invalid_argument("log2phy too large (test allocator)");
+                    }),
                 "test allocator");
             CHECK_MSG(calls == 1, fmt("allocator called %d times", calls));
             // Non-standard exceptions propagate too.
@@ -1034,6 +1132,187 @@ void test_errors() {
 }
 
 // ------------------------------------------------------------------------------------------
+// CPU-specific kernels and threads
+
+// Every entry point, in every refine mode, with and without an old placement, on both the
+// AVX2 and the baseline kernels: bit-identical results (ties, blocks of more than 96 items that
+// are merged, huge and subnormal loads, swap_refine's first_min). Leaves the kernels as found.
+void test_simd_paths(int cases) {
+    const std::string initial = fasteplb::simd_kernels();
+    g_context = "simd kernels";
+    CHECK(initial == "avx2" || initial == "default");
+    CHECK(!fasteplb::set_simd_kernels("sse9"));
+    CHECK(fasteplb::simd_kernels() == initial);
+    CHECK(fasteplb::set_simd_kernels("default"));
+    CHECK(std::string(fasteplb::simd_kernels()) == "default");
+    if (!fasteplb::set_simd_kernels("avx2")) {
+        std::printf("simd: no AVX2 kernels on this CPU or build; only the default ones run\n");
+        fasteplb::set_simd_kernels(initial.c_str());
+        return;
+    }
+    CHECK(std::string(fasteplb::simd_kernels()) == "avx2");
+    auto both = [](auto compute) {
+        fasteplb::set_simd_kernels("avx2");
+        auto a = compute();
+        fasteplb::set_simd_kernels("default");
+        auto b = compute();
+        return std::make_pair(a, b);
+    };
+    long compared = 0;
+    for (int i = 0; i < cases; ++i) {
+        const uint64_t seed = 5550000 + static_cast<uint64_t>(i);
+        std::mt19937_64 rng(seed);
+        const Shape s = random_shape(rng, 300);
+        const int kind = static_cast<int>(rng() % kNumLoadKinds);
+        const F64 w = make_loads(rng, kind, s.L * s.E);
+        const int threads = 1 + i % 3;
+        for (const Refine refine : kRefines) {
+            Options opt;
+            opt.refine = refine;
+            opt.swap_rounds = std::vector<int>{1, 20, 100}[i % 3];
+            opt.num_threads = threads;
+            g_context = describe(s, kind, seed) + fmt(" simd avx2 vs default refine=%s threads=%d",
+                                                      refine_name(refine), threads);
+            try {
+                const auto fresh = both([&] { return rebalance(w, s, opt, true); });
+                CHECK_MSG(fresh.first == fresh.second, "rebalance_experts: same plan");
+                if (refine != Refine::Swap && !fresh.first.phy2log.empty()) {
+                    F64 drifted = w;
+                    for (size_t j = 0; j < drifted.size(); ++j) {
+                        drifted[j] =
+                            std::min(drifted[j] * (0.5 + static_cast<double>(j % 7) / 6.0), 1e250);
+                    }
+                    for (const int64_t budget : {int64_t{-1}, int64_t{3}}) {
+                        const auto moved = both([&] {
+                            return migrate(drifted, s, opt, fresh.first.phy2log, budget, 0.0);
+                        });
+                        CHECK_MSG(moved.first == moved.second, "migration: same plan");
+                    }
+                }
+            } catch (const std::exception& e) {
+                CHECK_MSG(false, std::string("unexpected exception: ") + e.what());
+            }
+            ++compared;
+        }
+        // balanced_packing with up to 64 packs of up to 16 items (sorts of up to 1024 items).
+        const int64_t rows = 1 + static_cast<int64_t>(rng() % 4);
+        const int64_t m = 1 + static_cast<int64_t>(rng() % 64);
+        const int64_t c = 1 + static_cast<int64_t>(rng() % 16);
+        const F64 pw = make_loads(rng, kind, rows * m * c);
+        for (const Refine refine : kRefines) {
+            Options opt;
+            opt.refine = refine;
+            opt.swap_rounds = 100;
+            opt.num_threads = threads;
+            g_context =
+                fmt("simd avx2 vs default: packing seed=%llu rows=%lld n=%lld packs=%lld "
+                    "loads=%s refine=%s",
+                    static_cast<unsigned long long>(seed), static_cast<long long>(rows),
+                    static_cast<long long>(m * c), static_cast<long long>(m), load_name(kind),
+                    refine_name(refine));
+            const auto packed = both([&] {
+                I64 pack(static_cast<size_t>(rows * m * c)), rank(pack.size());
+                fasteplb::balanced_packing(pw.data(), rows, m * c, m, opt, pack.data(),
+                                           rank.data());
+                return std::make_pair(pack, rank);
+            });
+            CHECK_MSG(packed.first == packed.second, "balanced_packing: same packs");
+            ++compared;
+        }
+    }
+    fasteplb::set_simd_kernels(initial.c_str());
+    std::printf("simd: avx2 and default kernels compared on %ld configurations\n", compared);
+}
+
+// Threads inside a call (many layers, more threads than cores) and several calls at once from
+// different threads, sharing inputs: each result equals the single-threaded one. This is what
+// ThreadSanitizer checks for races (run_sanitizers.sh with SANITIZER=thread).
+void test_threads(int rounds) {
+    std::mt19937_64 rng(4242);
+    const Shape shapes[] = {Shape{24, 64, 96, 8, 4, 16}, Shape{16, 30, 60, 5, 3, 6},
+                            Shape{12, 48, 96, 1, 1, 8}, Shape{20, 16, 32, 4, 2, 16}};
+    for (int round = 0; round < rounds; ++round) {
+        for (const Shape& s : shapes) {
+            const F64 w = make_loads(rng, static_cast<int>(rng() % kNumLoadKinds), s.L * s.E);
+            for (const Refine refine : kRefines) {
+                Options serial;
+                serial.refine = refine;
+                serial.num_threads = 1;
+                g_context = fmt("threads round=%d L=%lld E=%lld P=%lld refine=%s", round,
+                                static_cast<long long>(s.L), static_cast<long long>(s.E),
+                                static_cast<long long>(s.P), refine_name(refine));
+                const Plan want = rebalance(w, s, serial, true);
+                if (!check_plan(s, want, true)) continue;
+                F64 drifted = w;
+                std::lognormal_distribution<double> noise(0.0, 0.4);
+                for (double& x : drifted) x = std::min(x * noise(rng), 1e250);
+                const bool migrates = refine != Refine::Swap;
+                const Plan want_moved =
+                    migrates ? migrate(drifted, s, serial, want.phy2log, 4, 0.0) : Plan{};
+                for (const int t : {2, 5, 0}) {
+                    Options o = serial;
+                    o.num_threads = t;
+                    CHECK_MSG(rebalance(w, s, o, true) == want,
+                              fmt("num_threads=%d gives the serial plan", t));
+                    if (migrates) {
+                        CHECK_MSG(migrate(drifted, s, o, want.phy2log, 4, 0.0) == want_moved,
+                                  fmt("num_threads=%d gives the serial migration", t));
+                    }
+                }
+                // Three callers at once, each with two worker threads, on shared inputs.
+                constexpr int kCallers = 3;
+                std::vector<Plan> got(kCallers), got_moved(kCallers);
+                std::vector<std::string> errors(kCallers);
+                std::vector<std::thread> callers;
+                for (int c = 0; c < kCallers; ++c) {
+                    callers.emplace_back([&, c] {
+                        try {
+                            Options o = serial;
+                            o.num_threads = 2;
+                            got[c] = rebalance(w, s, o, true);
+                            if (migrates)
+                                got_moved[c] = migrate(drifted, s, o, want.phy2log, 4, 0.0);
+                        } catch (const std::exception& e) {
+                            errors[c] = e.what();
+                        }
+                    });
+                }
+                for (std::thread& t : callers) t.join();
+                for (int c = 0; c < kCallers; ++c) {
+                    CHECK_MSG(errors[c].empty(), "concurrent call threw: " + errors[c]);
+                    CHECK_MSG(got[c] == want, fmt("concurrent caller %d gives the serial plan", c));
+                    if (migrates) {
+                        CHECK_MSG(got_moved[c] == want_moved,
+                                  fmt("concurrent caller %d gives the serial migration", c));
+                    }
+                }
+                // balanced_packing and replicate_experts over the same rows, threaded.
+                const int64_t rows = s.L, n = s.E, packs = s.G;
+                if (n % packs == 0) {
+                    I64 p1(static_cast<size_t>(rows * n)), r1(p1.size()), p2(p1.size()),
+                        r2(p1.size());
+                    fasteplb::balanced_packing(w.data(), rows, n, packs, serial, p1.data(),
+                                               r1.data());
+                    Options o = serial;
+                    o.num_threads = 4;
+                    fasteplb::balanced_packing(w.data(), rows, n, packs, o, p2.data(), r2.data());
+                    CHECK_MSG(p1 == p2 && r1 == r2, "threaded balanced_packing");
+                }
+                I64 a1(static_cast<size_t>(rows * s.P)), b1(a1.size()),
+                    c1(static_cast<size_t>(rows * n)), a2(a1.size()), b2(a1.size()), c2(c1.size());
+                fasteplb::replicate_experts(w.data(), rows, n, s.P, serial, a1.data(), b1.data(),
+                                            c1.data());
+                Options o = serial;
+                o.num_threads = 4;
+                fasteplb::replicate_experts(w.data(), rows, n, s.P, o, a2.data(), b2.data(),
+                                            c2.data());
+                CHECK_MSG(a1 == a2 && b1 == b2 && c1 == c2, "threaded replicate_experts");
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -1046,9 +1325,14 @@ int main(int argc, char** argv) {
     uint64_t base_seed = 20240601;
     bool single = false;
     uint64_t single_seed = 0;
+    const char* simd = nullptr;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg == "--noop") return 0;
+        if (arg == "--simd" && i + 1 < argc) {
+            simd = argv[++i];
+            continue;
+        }
         if (arg == "--scale" && i + 1 < argc) {
             scale = std::atof(argv[++i]);
         } else if (arg == "--seed" && i + 1 < argc) {
@@ -1057,11 +1341,24 @@ int main(int argc, char** argv) {
             single = true;
             single_seed = std::strtoull(argv[++i], nullptr, 10);
         } else {
-            std::fprintf(stderr, "usage: %s [--scale X] [--seed S] [--case SEED] [--noop]\n",
+            std::fprintf(stderr,
+                         "usage: %s [--scale X] [--seed S] [--case SEED] [--simd NAME] [--noop]\n",
                          argv[0]);
             return 2;
         }
     }
+    // FASTEPLB_SIMD=default in the environment selects the baseline kernels (read by the
+    // library on first use); --simd overrides it.
+    const char* env = std::getenv("FASTEPLB_SIMD");
+    if (env != nullptr && std::strcmp(env, "default") == 0) {
+        g_context = "FASTEPLB_SIMD=default";
+        CHECK(std::string(fasteplb::simd_kernels()) == "default");
+    }
+    if (simd != nullptr && !fasteplb::set_simd_kernels(simd)) {
+        std::fprintf(stderr, "--simd %s: no such kernels on this CPU or build\n", simd);
+        return 2;
+    }
+    std::printf("simd kernels: %s\n", fasteplb::simd_kernels());
     const auto t0 = std::chrono::steady_clock::now();
     if (single) {
         rebalance_case(single_seed, true);
@@ -1071,7 +1368,12 @@ int main(int argc, char** argv) {
         std::printf("fixed cases: %.2fs\n", seconds_since(t0));
         test_errors();
         test_migration_errors();
+        test_migration_budget_limits();
         std::printf("errors: %.2fs\n", seconds_since(t0));
+        test_simd_paths(count(40));
+        std::printf("simd kernels compared: %.2fs\n", seconds_since(t0));
+        test_threads(count(2));
+        std::printf("threads: %.2fs\n", seconds_since(t0));
         const int rebalance_cases = count(600);
         for (int i = 0; i < rebalance_cases; ++i) {
             // Every 4th case also checks determinism over thread counts and repeated calls.
@@ -1079,17 +1381,17 @@ int main(int argc, char** argv) {
         }
         std::printf("rebalance_experts: %d random cases: %.2fs\n", rebalance_cases,
                     seconds_since(t0));
-        std::printf("  shapes: %ld hierarchical multi-node (%ld with <= 12 groups), %ld single "
-                    "node, %ld global; %ld at 2 slots/GPU, %ld without spare slots, "
-                    "%ld with >= 150 experts\n",
-                    g_cov.hierarchical_multi_node, g_cov.exact_split, g_cov.single_node,
-                    g_cov.global_multi, g_cov.two_per_gpu, g_cov.no_spare, g_cov.big);
+        std::printf(
+            "  shapes: %ld hierarchical multi-node (%ld with <= 12 groups), %ld single "
+            "node, %ld global; %ld at 2 slots/GPU, %ld without spare slots, "
+            "%ld with >= 150 experts\n",
+            g_cov.hierarchical_multi_node, g_cov.exact_split, g_cov.single_node, g_cov.global_multi,
+            g_cov.two_per_gpu, g_cov.no_spare, g_cov.big);
         const int packing_cases = count(500);
         for (int i = 0; i < packing_cases; ++i) {
             packing_case(base_seed + 1000000 + static_cast<uint64_t>(i));
         }
-        std::printf("balanced_packing: %d random cases: %.2fs\n", packing_cases,
-                    seconds_since(t0));
+        std::printf("balanced_packing: %d random cases: %.2fs\n", packing_cases, seconds_since(t0));
         const int replicate_cases = count(500);
         for (int i = 0; i < replicate_cases; ++i) {
             replicate_case(base_seed + 2000000 + static_cast<uint64_t>(i));

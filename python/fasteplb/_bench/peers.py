@@ -26,7 +26,9 @@ Cache layout (``default_cache_dir()``)::
 """
 
 from __future__ import annotations
+import __future__
 
+import ast
 import contextlib
 import glob
 import hashlib
@@ -38,6 +40,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import types
 import zipfile
@@ -52,6 +55,8 @@ __all__ = [
     "PeerUnavailable",
     "available",
     "default_cache_dir",
+    "definition",
+    "engine_files",
     "fetch",
     "load",
 ]
@@ -99,6 +104,55 @@ _DISTS = {
             ),
         },
     ),
+}
+
+
+# Engine files around the policies: the callers, loaders and plugin machinery that the
+# integration tests (tests/test_integrations_*.py) run against ``fasteplb.integrations``. Pinned
+# like the policy files and extracted beside them from the same cached wheel by
+# ``engine_files``; ``fetch`` and ``load`` never need them.
+_CONTEXT = {
+    "vllm": {
+        "vllm/distributed/eplb/__init__.py": (
+            "1b9c2ee22abb5888c354c5aa01f0944f253e5e24e135d019778398bbe495a628"
+        ),
+        _VLLM_DIR + "__init__.py": (
+            "daeb266c88442832b1ab8c8c4cc064891b38b9e9ba00aea324f926c87dc6d37e"
+        ),
+        "vllm/distributed/eplb/eplb_state.py": (
+            "b52e8fe96b83184aaef04e2303cf1de24056bcceed9fc50803351da970cb8b55"
+        ),
+        "vllm/distributed/eplb/async_worker.py": (
+            "b1b10db5181fb5a704c8656a6a4a35af7e79b8fb4721183b8f2548fb72c5b042"
+        ),
+        "vllm/plugins/__init__.py": (
+            "06942d64e526c2c7407265e1903d625c4d2118d8d7fc39c616b1cc6aa6fc2c8f"
+        ),
+        "vllm/envs.py": "a9f665c49da1d8852c19a192f5d5848f0e38f4f56c76b5fafe0c17398945b357",
+        "vllm/config/parallel.py": (
+            "61f4e257fbe61145ddac89740952d0bcceed80f9a0fc48eb653e549d3738007a"
+        ),
+    },
+    "sglang": {
+        _SGLANG_DIR + "__init__.py": (
+            "69f58f4c8c7e6eb9dc70dd124cc9b3564dbabfda6318d1b66d658822ccbdf323"
+        ),
+        _SGLANG_DIR + "elasticity_aware.py": (
+            "c7a69bf06fc209a5279050e623a25dcd0a9a3485f21135b5a02b02c783cfc4a6"
+        ),
+        "sglang/srt/plugins/__init__.py": (
+            "3a975a73f1a7887e68c81ea7a2530250597ac8ae978efc0b0f70f038a99a3164"
+        ),
+        "sglang/srt/plugins/hook_registry.py": (
+            "0144d8c3e5ee294322894f88b8ad3bd49edad15c124650e4e834d0366815dc7d"
+        ),
+        "sglang/srt/eplb/expert_location.py": (
+            "40c0a2b679f0093ef4b3dbf47a10eb25f6c59207c2c6db9f65629d7e053b6887"
+        ),
+        "sglang/srt/eplb/expert_distribution.py": (
+            "c5f7314612cbaabb10edf5b5dd31da5b6865aa07e00aebf1046474679d82f5f0"
+        ),
+    },
 }
 
 
@@ -160,7 +214,7 @@ def _wheel(dist: _Dist, wheels: str) -> Optional[str]:
 def _fix_hint(dist: _Dist, cache: str) -> str:
     wheels = os.path.join(cache, "wheels")
     return (
-        f"fix: run fasteplb._peers.fetch() where PyPI is reachable, or put a {dist.name} "
+        f"fix: run fasteplb._bench.peers.fetch() where PyPI is reachable, or put a {dist.name} "
         f"{dist.version} wheel (any platform tag: only its pure-Python policy files are used) "
         f"in {wheels} (pip download --no-deps --only-binary=:all: "
         f"{dist.name}=={dist.version} -d {wheels}), or pass root=<dir with the policy files "
@@ -301,6 +355,82 @@ def fetch(
         name: os.path.join(roots[_SPECS[name].dist], *_SPECS[name].files[-1].split("/"))
         for name in peers
     }
+
+
+def engine_files(
+    dist: str,
+    cache_dir: Optional[str] = None,
+    *,
+    download: bool = False,
+    timeout: float = 1800.0,
+) -> str:
+    """The directory holding ``dist``'s pinned policy files and the engine files around them
+    (``_CONTEXT``: the policy registry, its callers, the plugin loaders), extracted from the
+    cached wheel in the wheel layout. Nothing is downloaded unless ``download=True``.
+
+    Raises:
+        ValueError: unknown dist
+        PeerUnavailable: no wheel in the cache (and no download), or its files differ from
+            the pinned release's
+    """
+    if dist not in _CONTEXT:
+        raise ValueError(f"unknown dist {dist!r}; expected one of {', '.join(_CONTEXT)}")
+    base = _DISTS[dist]
+    full = _Dist(base.name, base.version, {**base.files, **_CONTEXT[dist]})
+    with _fetch_lock:
+        return _ensure(full, _cache(cache_dir), download, timeout)
+
+
+def definition(path: str, name: str, namespace: Optional[dict[str, Any]] = None) -> Any:
+    """One top-level definition of a Python file, executed alone: a function or class
+    (``"compute_logical_maps"``), a method (``"_StatAccumulator.dump"``, returned as a plain
+    function taking ``self``) or a module-level assignment (``"EPLBPolicyOption"``).
+
+    Only that definition's source runs, in ``namespace`` (its globals: whatever it refers to),
+    compiled with ``from __future__ import annotations`` so that annotations naming engine
+    types are never evaluated. Lets the tests run an engine's own function without importing
+    the engine.
+
+    Raises:
+        LookupError: the file has no such definition
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    tree = ast.parse(text, filename=path)
+    outer, _, inner = name.partition(".")
+
+    def find(body: list[ast.stmt], wanted: str) -> Optional[ast.stmt]:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if node.name == wanted:
+                    return node
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and t.id == wanted for t in targets):
+                    return node
+        return None
+
+    node = find(tree.body, outer)
+    if node is not None and inner:
+        node = find(node.body, inner) if isinstance(node, ast.ClassDef) else None
+    if node is None:
+        raise LookupError(f"{path} has no top-level definition {name!r}")
+    source = ast.get_source_segment(text, node)
+    if source is None:  # pragma: no cover - ast always keeps positions for parsed files
+        raise LookupError(f"cannot read the source of {name!r} in {path}")
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        decorators = [ast.get_source_segment(text, d) for d in node.decorator_list]
+        if inner:  # a method: drop @classmethod / @staticmethod, keep it a plain function
+            decorators = [d for d in decorators if d not in ("classmethod", "staticmethod")]
+        source = "".join(f"@{d}\n" for d in decorators) + textwrap.dedent(
+            " " * node.col_offset + source
+        )
+    scope: dict[str, Any] = {} if namespace is None else namespace
+    scope.setdefault("__name__", f"_fasteplb_definition_{next(_counter)}")
+    flags = __future__.annotations.compiler_flag
+    exec(compile("\n" * (node.lineno - 1) + source, path, "exec", flags, True), scope)
+    key = inner or outer
+    return scope[key] if key in scope else scope[outer]
 
 
 # --------------------------------------------------------------------------- loading by path

@@ -1,6 +1,0 @@
-"""Makes tests/helpers.py importable as `helpers` from every test module."""
-
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
