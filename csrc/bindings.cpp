@@ -22,6 +22,7 @@
 #include "fasteplb/eplb.hpp"
 #include "fasteplb/input.hpp"
 #include "fasteplb/interrupt.hpp"
+#include "fasteplb/parallel.hpp"
 
 namespace py = pybind11;
 
@@ -61,7 +62,8 @@ fasteplb::DType dtype_of(const py::array& a, bool bfloat16, const char* name) {
         if (size == 4) return fasteplb::DType::U32;
         if (size == 8) return fasteplb::DType::U64;
     }
-    throw py::type_error(std::string(name) + " must have a real or integer dtype of 1 to 8 bytes, got " +
+    throw py::type_error(std::string(name) +
+                         " must have a real or integer dtype of 1 to 8 bytes, got " +
                          py::str(static_cast<py::object>(dt)).cast<std::string>());
 }
 
@@ -71,9 +73,8 @@ fasteplb::StridedView view_of(const py::array& a, bool bfloat16, const char* nam
         throw std::invalid_argument(std::string(name) + " must be 2-D; got " +
                                     std::to_string(a.ndim()) + " dimensions");
     }
-    return fasteplb::StridedView{a.data(),     dtype_of(a, bfloat16, name),
-                                 a.shape(0),   a.shape(1),
-                                 a.strides(0), a.strides(1)};
+    return fasteplb::StridedView{
+        a.data(), dtype_of(a, bfloat16, name), a.shape(0), a.shape(1), a.strides(0), a.strides(1)};
 }
 
 std::vector<double> snapshot_weights(const py::array& weight, bool bfloat16) {
@@ -182,7 +183,8 @@ py::tuple balanced_packing(const py::array& weight, int64_t num_packs, const std
     Ints rank_in_pack = new_ints(rows, n);
     int64_t* pack = pack_index.mutable_data();
     int64_t* rank = rank_in_pack.mutable_data();
-    run_without_gil([&] { fasteplb::balanced_packing(w.data(), rows, n, num_packs, opt, pack, rank); });
+    run_without_gil(
+        [&] { fasteplb::balanced_packing(w.data(), rows, n, num_packs, opt, pack, rank); });
     return py::make_tuple(pack_index, rank_in_pack);
 }
 
@@ -208,10 +210,10 @@ py::tuple replicate_experts(const py::array& weight, int64_t num_phy, int num_th
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fasteplb native core (private; use the fasteplb package API)";
     m.def("rebalance_experts", &rebalance_experts, py::arg("weight").noconvert(),
-          py::arg("num_replicas"), py::arg("num_groups"), py::arg("num_nodes"),
-          py::arg("num_gpus"), py::arg("refine") = "local", py::arg("swap_rounds") = 20,
-          py::arg("num_threads") = 0, py::arg("old_phy2log").noconvert() = py::none(),
-          py::arg("max_moves") = -1, py::arg("min_gain") = 0.0, py::arg("bfloat16") = false,
+          py::arg("num_replicas"), py::arg("num_groups"), py::arg("num_nodes"), py::arg("num_gpus"),
+          py::arg("refine") = "local", py::arg("swap_rounds") = 20, py::arg("num_threads") = 0,
+          py::arg("old_phy2log").noconvert() = py::none(), py::arg("max_moves") = -1,
+          py::arg("min_gain") = 0.0, py::arg("bfloat16") = false,
           "weight: [layers, experts] of any real or integer dtype (bfloat16: int16/uint16 bits "
           "with bfloat16=True), any strides -> (phy2log [layers, P], log2phy [layers, E, R], "
           "logcnt [layers, E]), all int64");
@@ -222,4 +224,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("replicate_experts", &replicate_experts, py::arg("weight").noconvert(),
           py::arg("num_phy"), py::arg("num_threads") = 0, py::arg("bfloat16") = false,
           "weight: [rows, n] -> (phy2log [rows, P], rank [rows, P], logcnt [rows, n]), int64");
+    m.def(
+        "_last_pool_size",
+        [] { return fasteplb::last_pool_size().load(std::memory_order_relaxed); },
+        "For tests: the threads the last planning call in this process ran on.");
 }

@@ -94,7 +94,8 @@ def test_dir_lists_the_api_and_the_lazy_submodules():
 def test_workloads_keeps_its_public_names():
     public = {
         "MODELS", "PROFILES", "TRAFFIC", "ModelShape", "Profile", "Traffic",
-        "domain_popularity", "generate", "load_trace", "save_trace", "statistics", "windows",
+        "domain_popularity", "expected_windows", "generate", "load_trace", "save_trace",
+        "statistics", "windows",
     }  # fmt: skip
     assert set(wl.__all__) == public
     for name in public:

@@ -147,6 +147,12 @@ def test_hierarchical_swap_falls_back_to_greedy_partition():
     }
     assert peak["swap"] <= peak["none"]
     assert peak["none"] == pytest.approx(23 / 3)
+    # The fallback happened: the swap refinement evens the groups' node loads to 14 / 14, yet
+    # the plan keeps the greedy split's 15 / 13.
+    pack, _ = fasteplb.balanced_packing(weight, 2, refine="swap")
+    assert sorted(pack_loads(weight, pack, 2)[0]) == [14.0, 14.0]
+    plan = fasteplb.rebalance_experts(weight, 12, 6, 2, 4, refine="swap")[0]
+    assert sorted(node_loads(plan, weight, 2)[0]) == [13.0, 15.0]
 
 
 @fuzz(150)

@@ -9,7 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import fasteplb
 import numpy as np
 import pytest
+from fasteplb import _core
 from helpers import assert_same, make_load
+
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 WEIGHT = make_load("tokens", (37, 64), seed=21)
 THREADS = (2, 3, 8)
@@ -28,7 +31,29 @@ def test_thread_count_does_not_change_result(name, refine):
     serial = call(WEIGHT, refine=refine, num_threads=1)
     for threads in THREADS:
         assert_same(call(WEIGHT, refine=refine, num_threads=threads), serial)
-    assert_same(call(WEIGHT, refine=refine), serial)  # default: hardware concurrency
+        # Threads are capped by the CPUs this process may use and by the rows.
+        assert _core._last_pool_size() == min(threads, CPUS, WEIGHT.shape[0])
+
+
+# Large enough that the default uses several threads: 64 layers x 288 slots of work (the
+# default gives a thread per 4096 slots, up to the usable CPUs).
+BIG = make_load("tokens", (64, 256), seed=22)
+BIG_CALLS = {
+    "rebalance": lambda w, **kw: fasteplb.rebalance_experts(w, 288, 8, 4, 32, **kw),
+    "packing": lambda w, **kw: fasteplb.balanced_packing(w, 32, **kw),
+}
+
+
+@pytest.mark.skipif(CPUS < 2, reason="needs at least 2 usable CPUs")
+@pytest.mark.parametrize("refine", ["local", "none", "swap"])
+@pytest.mark.parametrize("name", sorted(BIG_CALLS))
+def test_default_thread_count_uses_several_threads(name, refine):
+    call = BIG_CALLS[name]
+    serial = call(BIG, refine=refine, num_threads=1)
+    assert _core._last_pool_size() == 1
+    assert_same(call(BIG, refine=refine), serial)  # default: one thread per 4096 slots
+    slots = 288 if name == "rebalance" else 256
+    assert _core._last_pool_size() == min(CPUS, 1 + 64 * slots // 4096) >= 2
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))

@@ -5,30 +5,15 @@
 // broken by a fixed rule (load, then lower index), so results are reproducible on every rank.
 #pragma once
 
+// check_weights and check_placement (checks.hpp) are part of this API too.
+
 #include <cstdint>
 #include <functional>
-#include <string>
+
+#include "fasteplb/checks.hpp"
+#include "fasteplb/options.hpp"
 
 namespace fasteplb {
-
-enum class Refine {
-    None,   // DeepSeek's greedy (LPT with cardinality) only
-    Swap,   // greedy, then max/min pair swaps (the seed's refinement)
-    Local,  // greedy, then swaps of the heaviest pack with the lightest that helps, no
-            // co-located replicas
-};
-
-struct Options {
-    Refine refine = Refine::Swap;
-    int swap_rounds = 20;  // upper bound on swaps per packing call (Refine::Swap)
-    int num_threads = 0;   // <= 0: hardware concurrency, capped by the row count
-};
-
-// Parses "local" / "swap" / "none"; throws std::invalid_argument naming `refine` otherwise.
-Refine parse_refine(const std::string& name);
-
-// Throws std::invalid_argument unless every entry of weight[rows, cols] is finite and >= 0.
-void check_weights(const double* weight, int64_t rows, int64_t cols, const char* name);
 
 // Packs each row's n items into num_packs packs of exactly n / num_packs items.
 //   weight: [rows, n]; pack_index, rank_in_pack: [rows, n] (outputs)
@@ -45,20 +30,6 @@ void replicate_experts(const double* weight, int64_t rows, int64_t num_log, int6
 // buffer for log2phy [layers, experts, R], which rebalance_experts then fills.
 using Log2PhyAlloc = std::function<int64_t*(int64_t max_cnt)>;
 
-// Re-planning around the current placement. A move is one (GPU, expert) pair present in the
-// new plan and absent from the old one: one copy of the expert's weights onto that GPU.
-struct Migration {
-    const int64_t* old_phy2log = nullptr;  // [layers, num_replicas]; nullptr: plan afresh
-    int64_t max_moves = -1;                // most moves per layer; < 0: no cap
-    double min_gain = 0.0;  // keep a layer's old placement unless its largest GPU load drops
-                            // by more than this fraction (0: unless it drops at all)
-};
-
-// Throws std::invalid_argument unless every row of phy2log[rows, num_replicas] holds expert
-// ids in [0, experts) and names every expert at least once.
-void check_placement(const int64_t* phy2log, int64_t rows, int64_t experts,
-                     int64_t num_replicas, const char* name);
-
 // Full plan: hierarchical (groups -> nodes, replicate within node, replicas -> GPUs) when
 // num_groups % num_nodes == 0, else global (one group, one node), as DeepSeek's eplb.py.
 //   weight: [layers, experts]; phy2log, phyrank: [layers, num_replicas];
@@ -69,10 +40,9 @@ void check_placement(const int64_t* phy2log, int64_t rows, int64_t experts,
 // (surplus replicas freed on the busiest GPUs, new ones placed in the freed slots), then the
 // local search runs with at most mig.max_moves moves per layer, and experts that stay on a
 // GPU keep their old slot. Replica ranks then follow slot order.
-void rebalance_experts(const double* weight, int64_t layers, int64_t experts,
-                       int64_t num_replicas, int64_t num_groups, int64_t num_nodes,
-                       int64_t num_gpus, const Options& opt, int64_t* phy2log, int64_t* phyrank,
-                       int64_t* logcnt, const Log2PhyAlloc& alloc = nullptr,
-                       const Migration& mig = Migration{});
+void rebalance_experts(const double* weight, int64_t layers, int64_t experts, int64_t num_replicas,
+                       int64_t num_groups, int64_t num_nodes, int64_t num_gpus, const Options& opt,
+                       int64_t* phy2log, int64_t* phyrank, int64_t* logcnt,
+                       const Log2PhyAlloc& alloc = nullptr, const Migration& mig = Migration{});
 
 }  // namespace fasteplb

@@ -20,7 +20,7 @@
 namespace fasteplb {
 
 class IeeeFloatGuard {
-public:
+  public:
     IeeeFloatGuard() noexcept {
 #if defined(FASTEPLB_FPENV_SSE)
         saved_ = _mm_getcsr();
@@ -44,7 +44,7 @@ public:
     IeeeFloatGuard(const IeeeFloatGuard&) = delete;
     IeeeFloatGuard& operator=(const IeeeFloatGuard&) = delete;
 
-private:
+  private:
 #if defined(FASTEPLB_FPENV_SSE)
     static constexpr unsigned kFtzDaz = 0x8040u;  // MXCSR bit 15 (FTZ) and bit 6 (DAZ)
     unsigned saved_;

@@ -78,8 +78,7 @@ void copy_wide_integers(const StridedView& src, double* out, const char* name) {
             if (v > static_cast<T>(kMaxExactInteger)) {
                 char value[32];
                 if (sizeof(T) == 8 && static_cast<T>(-1) > 0) {
-                    std::snprintf(value, sizeof value, "%llu",
-                                  static_cast<unsigned long long>(v));
+                    std::snprintf(value, sizeof value, "%llu", static_cast<unsigned long long>(v));
                 } else {
                     std::snprintf(value, sizeof value, "%lld", static_cast<long long>(v));
                 }
@@ -98,18 +97,42 @@ void snapshot_weights(const StridedView& src, std::vector<double>& out, const ch
     double* dst = out.data();
     auto as_double = [](auto v) { return static_cast<double>(v); };
     switch (src.dtype) {
-        case DType::F64: copy_rows<double>(src, dst, as_double); break;
-        case DType::F32: copy_rows<float>(src, dst, as_double); break;
-        case DType::F16: copy_rows<uint16_t>(src, dst, half_to_double); break;
-        case DType::BF16: copy_rows<uint16_t>(src, dst, bf16_to_double); break;
-        case DType::I8: copy_rows<int8_t>(src, dst, as_double); break;
-        case DType::I16: copy_rows<int16_t>(src, dst, as_double); break;
-        case DType::I32: copy_rows<int32_t>(src, dst, as_double); break;
-        case DType::U8: copy_rows<uint8_t>(src, dst, as_double); break;
-        case DType::U16: copy_rows<uint16_t>(src, dst, as_double); break;
-        case DType::U32: copy_rows<uint32_t>(src, dst, as_double); break;
-        case DType::I64: copy_wide_integers<int64_t>(src, dst, name); break;
-        case DType::U64: copy_wide_integers<uint64_t>(src, dst, name); break;
+        case DType::F64:
+            copy_rows<double>(src, dst, as_double);
+            break;
+        case DType::F32:
+            copy_rows<float>(src, dst, as_double);
+            break;
+        case DType::F16:
+            copy_rows<uint16_t>(src, dst, half_to_double);
+            break;
+        case DType::BF16:
+            copy_rows<uint16_t>(src, dst, bf16_to_double);
+            break;
+        case DType::I8:
+            copy_rows<int8_t>(src, dst, as_double);
+            break;
+        case DType::I16:
+            copy_rows<int16_t>(src, dst, as_double);
+            break;
+        case DType::I32:
+            copy_rows<int32_t>(src, dst, as_double);
+            break;
+        case DType::U8:
+            copy_rows<uint8_t>(src, dst, as_double);
+            break;
+        case DType::U16:
+            copy_rows<uint16_t>(src, dst, as_double);
+            break;
+        case DType::U32:
+            copy_rows<uint32_t>(src, dst, as_double);
+            break;
+        case DType::I64:
+            copy_wide_integers<int64_t>(src, dst, name);
+            break;
+        case DType::U64:
+            copy_wide_integers<uint64_t>(src, dst, name);
+            break;
     }
 }
 

@@ -20,11 +20,12 @@ struct Interrupted : std::exception {
 };
 
 class Interrupt {
-public:
+  public:
     static constexpr std::chrono::milliseconds kPollInterval{20};
 
     explicit Interrupt(std::function<bool()> poll)
-        : poll_(std::move(poll)), owner_(std::this_thread::get_id()),
+        : poll_(std::move(poll)),
+          owner_(std::this_thread::get_id()),
           last_(std::chrono::steady_clock::now()) {}
 
     bool stopped() const noexcept { return stop_.load(std::memory_order_relaxed); }
@@ -47,7 +48,7 @@ public:
         return installed;
     }
 
-private:
+  private:
     std::function<bool()> poll_;
     std::thread::id owner_;
     std::chrono::steady_clock::time_point last_;
@@ -57,7 +58,7 @@ private:
 // Installs `it` as the current thread's interrupt for a scope (worker threads install the
 // caller's).
 class InterruptScope {
-public:
+  public:
     explicit InterruptScope(Interrupt* it) noexcept : saved_(Interrupt::current()) {
         Interrupt::current() = it;
     }
@@ -65,7 +66,7 @@ public:
     InterruptScope(const InterruptScope&) = delete;
     InterruptScope& operator=(const InterruptScope&) = delete;
 
-private:
+  private:
     Interrupt* saved_;
 };
 

@@ -50,6 +50,13 @@ inline int resolve_threads(int requested, int64_t rows) {
     return static_cast<int>(std::max<int64_t>(t, 1));
 }
 
+// For tests: how many threads the last parallel_rows / parallel_two_pass call in this process
+// ran on (any caller's; a test reads it right after its own call).
+inline std::atomic<int>& last_pool_size() {
+    static std::atomic<int> threads{0};
+    return threads;
+}
+
 namespace detail {
 
 // Waits on `cv` (with `lock` held) until done() holds, polling `interrupt` between waits.
@@ -115,6 +122,7 @@ void run_pool(int threads, Worker worker, Missing missing) {
 template <class MakeState, class Body>
 void parallel_rows(int64_t rows, int num_threads, MakeState make_state, Body body) {
     const int threads = resolve_threads(num_threads, rows);
+    last_pool_size().store(std::max(threads, 1), std::memory_order_relaxed);
     if (threads <= 1) {
         IeeeFloatGuard ieee;
         auto state = make_state();
@@ -128,21 +136,24 @@ void parallel_rows(int64_t rows, int num_threads, MakeState make_state, Body bod
     std::atomic<bool> failed{false};
     std::exception_ptr first_error;
     std::mutex error_mutex;
-    detail::run_pool(threads, [&]() {
-        try {
-            auto state = make_state();
-            while (!failed.load(std::memory_order_relaxed)) {
-                const int64_t r = next.fetch_add(1, std::memory_order_relaxed);
-                if (r >= rows) break;
-                interruption_point();
-                body(state, r);
+    detail::run_pool(
+        threads,
+        [&]() {
+            try {
+                auto state = make_state();
+                while (!failed.load(std::memory_order_relaxed)) {
+                    const int64_t r = next.fetch_add(1, std::memory_order_relaxed);
+                    if (r >= rows) break;
+                    interruption_point();
+                    body(state, r);
+                }
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(error_mutex);
+                if (!first_error) first_error = std::current_exception();
+                failed.store(true, std::memory_order_relaxed);
             }
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mutex);
-            if (!first_error) first_error = std::current_exception();
-            failed.store(true, std::memory_order_relaxed);
-        }
-    }, [] {});
+        },
+        [] {});
     if (first_error) std::rethrow_exception(first_error);
 }
 
@@ -154,6 +165,7 @@ template <class MakeState, class Body1, class Between, class Body2>
 void parallel_two_pass(int64_t rows, int num_threads, MakeState make_state, Body1 body1,
                        Between between, Body2 body2) {
     const int threads = resolve_threads(num_threads, rows);
+    last_pool_size().store(std::max(threads, 1), std::memory_order_relaxed);
     if (threads <= 1) {
         IeeeFloatGuard ieee;
         auto state = make_state();

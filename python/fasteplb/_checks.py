@@ -18,7 +18,7 @@ REFINE_MODES = ("local", "swap", "none")
 # per GPU, ~64 nodes per layer), and small enough that every path plans a layer in well under
 # a second (worst cases measured by bench/bench_limits.py, in README "Supported sizes").
 # Larger arguments fail here, before anything is allocated. The C++ core's entry points
-# (csrc/fasteplb/eplb.cpp) check the same limits.
+# (csrc/fasteplb/checks.hpp) check the same limits.
 MAX_EXPERTS = 1 << 20  # weight's columns: experts per layer, or items per row
 MAX_REPLICAS = 1 << 20  # num_replicas / num_phy
 # experts * (num_replicas - experts + 1) <= this: one layer's log2phy, [experts, R], at the

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds tests/cpp/test_core.cpp and the fasteplb core with sanitizers (-O1) and runs it. Exits
+# Builds tests/cpp/test_core.cpp (end to end) and tests/cpp/test_stages.cpp (each algorithm stage
+# through its detail/ header) with the fasteplb core under sanitizers (-O1) and runs them. Exits
 # non-zero on any build error, test failure or sanitizer report.
 #
 #   tests/cpp/run_sanitizers.sh [test_core arguments...]     e.g. --scale 0.2 or --case SEED
+#   (test_stages always runs its default cases)
 #   SANITIZER=thread tests/cpp/run_sanitizers.sh --scale 0.5
 #
 # SANITIZER: address (default: AddressSanitizer + UndefinedBehaviorSanitizer, in
 # build/sanitizers) or thread (ThreadSanitizer, in build/tsan).
-# Both dispatch paths of the CPU-specific kernels (eplb.cpp) run: the main run uses the CPU's
+# Both dispatch paths of the CPU-specific kernels (detail/simd.cpp) run: the main run uses the CPU's
 # best (AVX2 where the CPU has it; test_core also compares the AVX2 and the baseline kernels on
 # random cases), then a short run forces the baseline kernels with FASTEPLB_SIMD=default. (GCC
 # does not vectorise instrumented loops, so here the AVX2 kernels run as AVX2-encoded scalar
@@ -44,13 +46,14 @@ mkdir -p "$BUILD_DIR"
 # (CMakeLists.txt would otherwise default to Release and append -O3).
 cmake -S "$ROOT" -B "$BUILD_DIR" \
     -DFASTEPLB_BUILD_TESTS=ON \
+    -DFASTEPLB_WERROR=ON \
     -DCMAKE_BUILD_TYPE=None \
     -DCMAKE_CXX_FLAGS="$SAN_FLAGS" \
     -DCMAKE_EXE_LINKER_FLAGS="$SAN" \
     -DCMAKE_SHARED_LINKER_FLAGS="$SAN" \
     >"$BUILD_DIR/configure.log" 2>&1 || { cat "$BUILD_DIR/configure.log"; exit 1; }
 configured=$(date +%s.%N)
-cmake --build "$BUILD_DIR" --target test_core -j"$JOBS"
+cmake --build "$BUILD_DIR" --target test_core test_stages -j"$JOBS"
 built=$(date +%s.%N)
 
 TEST="$BUILD_DIR/test_core"
@@ -112,6 +115,13 @@ set +e
 "${RUN[@]}" "$TEST" "$@"
 rc=$?
 set -e
+if [[ $rc -eq 0 ]]; then
+    echo "running ${RUN[*]:+${RUN[*]} }$BUILD_DIR/test_stages"
+    set +e
+    "${RUN[@]}" "$BUILD_DIR/test_stages"
+    rc=$?
+    set -e
+fi
 main_done=$(date +%s.%N)
 # The baseline kernels forced through the environment, on a few cases of every test.
 base_rc=0
@@ -134,7 +144,7 @@ awk -v a="$start" -v b="$configured" -v c="$built" -v d="$main_done" -v e="$done
     printf "timing (%s): configure %.1fs, build %.1fs, run %.1fs, default-kernel run %.1fs, " \
            "total %.1fs\n", san, b - a, c - b, d - c, e - d, e - a }'
 if [[ $rc -ne 0 ]]; then
-    echo "FAILED: test_core exited with $rc" >&2
+    echo "FAILED: test_core or test_stages exited with $rc" >&2
     exit $rc
 fi
 if [[ $base_rc -ne 0 ]]; then

@@ -29,14 +29,9 @@
 #include <thread>
 #include <vector>
 
+#include "check.hpp"
+#include "fasteplb/detail/simd.hpp"
 #include "fasteplb/eplb.hpp"
-
-namespace fasteplb {
-// Test hooks defined in csrc/fasteplb/eplb.cpp (not in the public header): the CPU-specific
-// kernels in use ("avx2" or "default"), and a switch between them (false if unavailable).
-const char* simd_kernels();
-bool set_simd_kernels(const char* name);
-}  // namespace fasteplb
 
 namespace {
 
@@ -44,69 +39,6 @@ using fasteplb::Options;
 using fasteplb::Refine;
 using I64 = std::vector<int64_t>;
 using F64 = std::vector<double>;
-
-long g_passed = 0;
-long g_failed = 0;
-std::string g_context;  // the case under test, printed with each failure
-constexpr long kMaxReported = 40;
-
-void record(bool ok, const char* file, int line, const char* expr, const std::string& detail) {
-    if (ok) {
-        ++g_passed;
-        return;
-    }
-    ++g_failed;
-    if (g_failed <= kMaxReported) {
-        std::fprintf(stderr, "%s:%d: CHECK failed: %s%s%s\n    case: %s\n", file, line, expr,
-                     detail.empty() ? "" : " -- ", detail.c_str(), g_context.c_str());
-    } else if (g_failed == kMaxReported + 1) {
-        std::fprintf(stderr, "(further failures are counted but not printed)\n");
-    }
-}
-
-#define CHECK(cond) record(static_cast<bool>(cond), __FILE__, __LINE__, #cond, std::string())
-#define CHECK_MSG(cond, msg) record(static_cast<bool>(cond), __FILE__, __LINE__, #cond, (msg))
-
-// Runs `stmt` and checks that it throws std::invalid_argument (optionally with `needle` in
-// its message).
-#define CHECK_THROWS_INVALID(stmt, needle)                                          \
-    do {                                                                            \
-        bool thrown_ = false;                                                       \
-        std::string what_;                                                          \
-        try {                                                                       \
-            stmt;                                                                   \
-        } catch (const std::invalid_argument& e) {                                  \
-            thrown_ = true;                                                         \
-            what_ = e.what();                                                       \
-        } catch (const std::exception& e) {                                         \
-            what_ = std::string("other std::exception: ") + e.what();               \
-        } catch (...) {                                                             \
-            what_ = "non-std exception";                                            \
-        }                                                                           \
-        record(thrown_, __FILE__, __LINE__, "throws std::invalid_argument: " #stmt, \
-               what_.empty() ? "nothing thrown" : what_);                           \
-        const char* needle_ = (needle);                                             \
-        if (thrown_ && needle_ != nullptr) {                                        \
-            record(what_.find(needle_) != std::string::npos, __FILE__, __LINE__,    \
-                   "message mentions the culprit: " #stmt, "message: " + what_);    \
-        }                                                                           \
-    } while (0)
-
-#define CHECK_NO_THROW(stmt)                                              \
-    do {                                                                  \
-        std::string what_;                                                \
-        bool ok_ = true;                                                  \
-        try {                                                             \
-            stmt;                                                         \
-        } catch (const std::exception& e) {                               \
-            ok_ = false;                                                  \
-            what_ = e.what();                                             \
-        } catch (...) {                                                   \
-            ok_ = false;                                                  \
-            what_ = "non-std exception";                                  \
-        }                                                                 \
-        record(ok_, __FILE__, __LINE__, "does not throw: " #stmt, what_); \
-    } while (0)
 
 const char* refine_name(Refine r) {
     switch (r) {
@@ -121,16 +53,6 @@ const char* refine_name(Refine r) {
 }
 
 constexpr Refine kRefines[] = {Refine::None, Refine::Swap, Refine::Local};
-
-std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
-std::string fmt(const char* f, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, f);
-    std::vsnprintf(buf, sizeof buf, f, ap);
-    va_end(ap);
-    return buf;
-}
 
 // ------------------------------------------------------------------------------------------
 // Load generators
@@ -1138,23 +1060,23 @@ void test_errors() {
 // AVX2 and the baseline kernels: bit-identical results (ties, blocks of more than 96 items that
 // are merged, huge and subnormal loads, swap_refine's first_min). Leaves the kernels as found.
 void test_simd_paths(int cases) {
-    const std::string initial = fasteplb::simd_kernels();
+    const std::string initial = fasteplb::detail::simd_kernels();
     g_context = "simd kernels";
     CHECK(initial == "avx2" || initial == "default");
-    CHECK(!fasteplb::set_simd_kernels("sse9"));
-    CHECK(fasteplb::simd_kernels() == initial);
-    CHECK(fasteplb::set_simd_kernels("default"));
-    CHECK(std::string(fasteplb::simd_kernels()) == "default");
-    if (!fasteplb::set_simd_kernels("avx2")) {
+    CHECK(!fasteplb::detail::set_simd_kernels("sse9"));
+    CHECK(fasteplb::detail::simd_kernels() == initial);
+    CHECK(fasteplb::detail::set_simd_kernels("default"));
+    CHECK(std::string(fasteplb::detail::simd_kernels()) == "default");
+    if (!fasteplb::detail::set_simd_kernels("avx2")) {
         std::printf("simd: no AVX2 kernels on this CPU or build; only the default ones run\n");
-        fasteplb::set_simd_kernels(initial.c_str());
+        fasteplb::detail::set_simd_kernels(initial.c_str());
         return;
     }
-    CHECK(std::string(fasteplb::simd_kernels()) == "avx2");
+    CHECK(std::string(fasteplb::detail::simd_kernels()) == "avx2");
     auto both = [](auto compute) {
-        fasteplb::set_simd_kernels("avx2");
+        fasteplb::detail::set_simd_kernels("avx2");
         auto a = compute();
-        fasteplb::set_simd_kernels("default");
+        fasteplb::detail::set_simd_kernels("default");
         auto b = compute();
         return std::make_pair(a, b);
     };
@@ -1220,7 +1142,7 @@ void test_simd_paths(int cases) {
             ++compared;
         }
     }
-    fasteplb::set_simd_kernels(initial.c_str());
+    fasteplb::detail::set_simd_kernels(initial.c_str());
     std::printf("simd: avx2 and default kernels compared on %ld configurations\n", compared);
 }
 
@@ -1352,13 +1274,13 @@ int main(int argc, char** argv) {
     const char* env = std::getenv("FASTEPLB_SIMD");
     if (env != nullptr && std::strcmp(env, "default") == 0) {
         g_context = "FASTEPLB_SIMD=default";
-        CHECK(std::string(fasteplb::simd_kernels()) == "default");
+        CHECK(std::string(fasteplb::detail::simd_kernels()) == "default");
     }
-    if (simd != nullptr && !fasteplb::set_simd_kernels(simd)) {
+    if (simd != nullptr && !fasteplb::detail::set_simd_kernels(simd)) {
         std::fprintf(stderr, "--simd %s: no such kernels on this CPU or build\n", simd);
         return 2;
     }
-    std::printf("simd kernels: %s\n", fasteplb::simd_kernels());
+    std::printf("simd kernels: %s\n", fasteplb::detail::simd_kernels());
     const auto t0 = std::chrono::steady_clock::now();
     if (single) {
         rebalance_case(single_seed, true);

@@ -76,7 +76,7 @@ argument checks), ``_generator`` (popularity, traffic and :func:`generate`), ``_
 :func:`save_trace` and the file formats), ``_stats`` (:func:`statistics`).
 """
 
-from ._generator import domain_popularity, generate
+from ._generator import domain_popularity, expected_windows, generate
 from ._profiles import MODELS, PROFILES, TRAFFIC, ModelShape, Profile, Traffic
 from ._stats import statistics
 from ._traces import load_trace, save_trace, windows
@@ -89,6 +89,7 @@ __all__ = [
     "Profile",
     "Traffic",
     "domain_popularity",
+    "expected_windows",
     "generate",
     "load_trace",
     "save_trace",

@@ -213,7 +213,9 @@ def generate(
         top_k * tokens_per_step. With ``return_meta=True``, ``(trace, meta)``: meta holds
         the arguments and profile parameters (JSON-able) and numpy arrays
         "domain_popularity" [D, L, E], "alpha" [L], "hot_expert" [L] (-1: none),
-        "m_hot" [L], "mixture" [T, D] and "regime" [T].
+        "m_hot" [L], "mixture" [T, D], "regime" [T], "batch" [T, C] (requests of each of
+        the C = D * archetypes per step) and "archetype_popularity" [C, L, E]; see
+        :func:`expected_windows` for the noise-free load they imply.
     """
     profile_name, prof = _profile(profile)
     _check_profile(prof)
@@ -260,5 +262,25 @@ def generate(
         "m_hot": pop["m_hot"],
         "mixture": mixture,
         "regime": regime,
+        "batch": hist,
+        "archetype_popularity": arch,
     }
     return trace, meta
+
+
+def expected_windows(meta: dict, size: int) -> np.ndarray:
+    """The noise-free load of each window of ``size`` steps: [T // size, L, E] float64.
+
+    What a trace from ``generate(..., return_meta=True)`` would sum to per window without the
+    per-step multinomial sampling: each step's batch of requests, through its archetypes'
+    popularity, scaled to ``top_k * tokens_per_step`` routed tokens (the sampler's expected
+    counts). Planning on it is a ceiling for any forecast of the next window from the past.
+    """
+    size = _int("size", size)
+    hist = np.asarray(meta["batch"], dtype=np.float64)
+    arch = np.asarray(meta["archetype_popularity"], dtype=np.float64)
+    n = meta["top_k"] * meta["tokens_per_step"]
+    usable = hist.shape[0] // size * size
+    per_window = hist[:usable].reshape(-1, size, hist.shape[1]).sum(axis=1)
+    per_window *= n / hist[0].sum()  # every step's batch holds the same number of requests
+    return np.einsum("wc,cle->wle", per_window, arch)

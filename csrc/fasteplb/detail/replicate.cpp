@@ -1,0 +1,252 @@
+#include "fasteplb/detail/replicate.hpp"
+
+#include <algorithm>
+
+#include "fasteplb/interrupt.hpp"
+
+namespace fasteplb::detail {
+namespace {
+
+// Above this many (extra slots x candidates) steps, replication uses a heap instead of scans.
+constexpr int64_t kScanWork = 256;
+
+// Expert e's count just changed: refresh its load per replica and move it to its sorted
+// place by adjacent steps (a count changes by one, so it moves a few places).
+void recount(const double* w, const int64_t* cnt, PairScratch& s, int64_t e) {
+    s.q[e] = w[e] / static_cast<double>(cnt[e]);
+    const double* q = s.q.data();
+    int64_t* order = s.order.data();
+    int64_t* pos = s.pos.data();
+    auto ahead = [q](int64_t x, int64_t y) { return q[x] > q[y] || (q[x] == q[y] && x < y); };
+    const int64_t n = static_cast<int64_t>(s.order.size());
+    int64_t at = pos[e];
+    for (; at > 0 && ahead(e, order[at - 1]); --at) {
+        order[at] = order[at - 1];
+        pos[order[at]] = at;
+    }
+    for (; at + 1 < n && ahead(order[at + 1], e); ++at) {
+        order[at] = order[at + 1];
+        pos[order[at]] = at;
+    }
+    order[at] = e;
+    pos[e] = at;
+}
+
+// worst[e]: the heaviest GPU holding a replica of e, in the last dealt_peak's deal.
+void worst_gpus(PairScratch& s, int64_t gpus, int64_t c) {
+    std::fill(s.worst.begin(), s.worst.end(), 0.0);
+    for (int64_t round = 0; round < c; ++round) {
+        const int64_t* block = s.owner.data() + round * gpus;
+        for (int64_t g = 0; g < gpus; ++g) {
+            const int64_t e = block[round % 2 == 0 ? g : gpus - 1 - g];
+            s.worst[e] = std::max(s.worst[e], s.sums[g]);
+        }
+    }
+}
+
+// How many GPUs of the last dealt_peak reach `peak` (the tie-breaking objective: fewer GPUs
+// at the peak is progress too).
+int64_t at_peak(const PairScratch& s, double peak) {
+    int64_t ties = 0;
+    for (const double x : s.sums) ties += x == peak;
+    return ties;
+}
+
+// Up to kDonors experts with >= 2 replicas whose heaviest GPU has the most room left for the
+// growth of their replicas (peak - worst GPU - growth), largest room first.
+constexpr int kDonors = 4;
+struct Donors {
+    int64_t expert[kDonors];
+    int found = 0;
+};
+
+Donors pick_donors(const double* w, int64_t n, const int64_t* cnt, const PairScratch& s,
+                   double peak) {
+    Donors d;
+    double room[kDonors];
+    const double* q = s.q.data();
+    for (int64_t e = 0; e < n; ++e) {
+        if (cnt[e] < 2) continue;
+        const double growth = w[e] / static_cast<double>(cnt[e] - 1) - q[e];
+        const double r = peak - s.worst[e] - growth;
+        int at = d.found < kDonors ? d.found++ : kDonors;
+        while (at > 0 && r > room[at - 1]) {
+            if (at < kDonors) {
+                d.expert[at] = d.expert[at - 1];
+                room[at] = room[at - 1];
+            }
+            --at;
+        }
+        if (at < kDonors) {
+            d.expert[at] = e;
+            room[at] = r;
+        }
+    }
+    return d;
+}
+
+}  // namespace
+
+// Only the first `extra` experts of `order` can receive a replica: an expert picked while a
+// heavier one still has a single replica would contradict the pick rule, and with `extra`
+// picks in all some candidate always still has one replica and beats every non-candidate.
+// So the search runs over those candidates.
+void replicate_sorted(const double* w, int64_t n, int64_t num_phy, const Item* order,
+                      std::vector<Quotient>& cand, int64_t* phy2log, int64_t* rank,
+                      int64_t* logcnt) {
+    for (int64_t e = 0; e < n; ++e) {
+        phy2log[e] = e;
+        rank[e] = 0;
+        logcnt[e] = 1;
+    }
+    const int64_t extra = num_phy - n;
+    if (extra == 0) return;
+    const int64_t m = std::min(extra, n);
+    cand.resize(static_cast<size_t>(m));
+    Quotient* c = cand.data();
+    for (int64_t i = 0; i < m; ++i) c[i] = Quotient{order[i].w, order[i].idx};
+    if (extra * m <= kScanWork) {
+        for (int64_t i = n; i < num_phy; ++i) {
+            int64_t best = 0;
+            for (int64_t j = 1; j < m; ++j) best = before(c[j], c[best]) ? j : best;
+            const int64_t e = c[best].e;
+            phy2log[i] = e;
+            rank[i] = logcnt[e];
+            ++logcnt[e];
+            c[best].q = w[e] / static_cast<double>(logcnt[e]);
+        }
+        return;
+    }
+    std::make_heap(cand.begin(), cand.end(), SmallerQuotient{});
+    for (int64_t i = n; i < num_phy; ++i) {
+        const int64_t e = cand.front().e;
+        phy2log[i] = e;
+        rank[i] = logcnt[e];
+        ++logcnt[e];
+        std::pop_heap(cand.begin(), cand.end(), SmallerQuotient{});
+        cand.back() = Quotient{w[e] / static_cast<double>(logcnt[e]), e};
+        std::push_heap(cand.begin(), cand.end(), SmallerQuotient{});
+    }
+}
+
+void layout_counts(int64_t n, const int64_t* cnt, int64_t* phy2log, int64_t* rank) {
+    int64_t slot = n;
+    for (int64_t e = 0; e < n; ++e) {
+        phy2log[e] = e;
+        rank[e] = 0;
+    }
+    for (int64_t e = 0; e < n; ++e) {
+        for (int64_t r = 1; r < cnt[e]; ++r) {
+            phy2log[slot] = e;
+            rank[slot++] = r;
+        }
+    }
+}
+
+Deal dealt_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>& order,
+                int64_t gpus, int64_t c, PairScratch& s) {
+    constexpr int64_t kUnrolled = 4;  // most experts have at most this many replicas
+    const int64_t slots = gpus * c;
+    s.replica.resize(static_cast<size_t>(slots + kUnrolled));
+    s.owner.resize(static_cast<size_t>(slots + kUnrolled));
+    s.sums.resize(static_cast<size_t>(gpus));
+    double* r = s.replica.data();
+    int64_t* owner = s.owner.data();
+    double* sum = s.sums.data();
+    int64_t k = 0;
+    for (const int64_t e : order) {
+        const int64_t n = cnt[e];
+        // Four writes without a loop; writes past the expert's run are overwritten by the
+        // next expert, or land in the padding.
+        for (int64_t t = 0; t < kUnrolled; ++t) {
+            r[k + t] = q[e];
+            owner[k + t] = e;
+        }
+        for (int64_t t = kUnrolled; t < n; ++t) {
+            r[k + t] = q[e];
+            owner[k + t] = e;
+        }
+        k += n;
+    }
+    // Round by round, in dealing order, so each GPU's sum is rounded as LPT's would be.
+    for (int64_t g = 0; g < gpus; ++g) sum[g] = r[g];
+    for (int64_t round = 1; round < c; ++round) {
+        const double* block = r + round * gpus;
+        if (round % 2 == 1) {
+            for (int64_t g = 0; g < gpus; ++g) sum[g] += block[gpus - 1 - g];
+        } else {
+            for (int64_t g = 0; g < gpus; ++g) sum[g] += block[g];
+        }
+    }
+    double peak = sum[0];
+    for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
+    int64_t g_peak = 0;
+    while (sum[g_peak] != peak) ++g_peak;
+    const int64_t top = owner[g_peak];
+    return Deal{peak, top, c >= 2 ? owner[2 * gpus - 1 - g_peak] : top};
+}
+
+// A local search that moves one replica at a time from a donor (among the few experts whose
+// replicas would grow least) to an expert of the heaviest GPU, re-evaluating the deal exactly
+// (at k = 3 through the zig-zag proxy), and takes the first move that lowers the heaviest
+// GPU, or keeps it and reaches it fewer times.
+CountSearch improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, PairScratch& s,
+                           std::vector<double>* start_loads) {
+    int64_t slots = 0;
+    for (int64_t e = 0; e < n; ++e) slots += cnt[e];
+    const int64_t gpus = slots / c;
+    s.q.resize(static_cast<size_t>(n));
+    for (int64_t e = 0; e < n; ++e) s.q[e] = w[e] / static_cast<double>(cnt[e]);
+    const double* q = s.q.data();
+    s.order.resize(static_cast<size_t>(n));
+    for (int64_t e = 0; e < n; ++e) s.order[e] = e;
+    std::sort(s.order.begin(), s.order.end(),
+              [q](int64_t x, int64_t y) { return q[x] > q[y] || (q[x] == q[y] && x < y); });
+    s.pos.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) s.pos[s.order[i]] = i;
+    auto shift = [&](int64_t from, int64_t to) {  // one replica of `from` goes to `to`
+        --cnt[from];
+        ++cnt[to];
+        recount(w, cnt, s, from);
+        recount(w, cnt, s, to);
+    };
+    Deal deal = dealt_peak(q, cnt, s.order, gpus, c, s);
+    int64_t ties = at_peak(s, deal.peak);
+    const double start = deal.peak;
+    if (start_loads != nullptr) start_loads->assign(s.replica.begin(), s.replica.begin() + slots);
+    s.worst.resize(static_cast<size_t>(n));
+    worst_gpus(s, gpus, c);
+    const int64_t cap = n + 8;
+    for (int64_t iter = 0; iter < cap; ++iter) {
+        interruption_point();
+        const Donors donors = pick_donors(w, n, cnt, s, deal.peak);
+        // The first improving move, takers before donors; its evaluation carries over to the
+        // next step.
+        bool moved = false;
+        const int64_t takers[2] = {deal.top, deal.bottom};
+        for (int t = 0; t < 2 && !moved; ++t) {
+            const int64_t b = takers[t];
+            if (t == 1 && b == deal.top) break;
+            for (int d = 0; d < donors.found; ++d) {
+                const int64_t a = donors.expert[d];
+                if (a == b) continue;
+                shift(a, b);
+                const Deal trial = dealt_peak(q, cnt, s.order, gpus, c, s);
+                if (trial.peak < deal.peak ||
+                    (trial.peak == deal.peak && at_peak(s, trial.peak) < ties)) {
+                    deal = trial;
+                    ties = at_peak(s, trial.peak);
+                    worst_gpus(s, gpus, c);
+                    moved = true;
+                    break;
+                }
+                // Undo: the order is a strict total order, so re-sorting restores it exactly.
+                shift(b, a);
+            }
+        }
+        if (!moved) break;
+    }
+    return CountSearch{deal.peak < start, start};
+}
+
+}  // namespace fasteplb::detail
