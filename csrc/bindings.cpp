@@ -205,6 +205,70 @@ py::tuple replicate_experts(const py::array& weight, int64_t num_phy, int num_th
     return py::make_tuple(phy2log, rank, logcnt);
 }
 
+const char* history_name(fasteplb::HistoryMode mode) {
+    switch (mode) {
+        case fasteplb::HistoryMode::Last:
+            return "last";
+        case fasteplb::HistoryMode::Ema:
+            return "ema";
+        case fasteplb::HistoryMode::Mean:
+            return "mean";
+        case fasteplb::HistoryMode::Robust:
+            return "robust";
+        case fasteplb::HistoryMode::Trend:
+            return "trend";
+        case fasteplb::HistoryMode::Auto:
+            break;
+    }
+    return "auto";
+}
+
+// history: [windows, layers, experts], snapshotted window by window (any strides).
+py::tuple forecast_load(const py::array& history, const std::string& mode, double alpha,
+                        int64_t window, double z, int64_t replays, int num_threads, bool bfloat16) {
+    if (history.ndim() != 3) {
+        throw std::invalid_argument("weight must be 3-D [windows, layers, experts]; got " +
+                                    std::to_string(history.ndim()) + " dimensions");
+    }
+    fasteplb::Forecast f;
+    f.mode = fasteplb::parse_history(mode);
+    f.alpha = alpha;
+    f.window = window;
+    f.z = z;
+    f.replays = replays;
+    const int64_t windows = history.shape(0), layers = history.shape(1), experts = history.shape(2);
+    const fasteplb::DType dtype = dtype_of(history, bfloat16, "weight");
+    std::vector<double> copy, part;
+    copy.reserve(static_cast<size_t>(std::max<int64_t>(windows * layers * experts, 0)));
+    for (int64_t t = 0; t < windows; ++t) {
+        const fasteplb::StridedView view{
+            static_cast<const char*>(history.data()) + t * history.strides(0),
+            dtype,
+            layers,
+            experts,
+            history.strides(1),
+            history.strides(2)};
+        fasteplb::snapshot_weights(view, part, "weight");
+        copy.insert(copy.end(), part.begin(), part.end());
+    }
+    py::array_t<double> out({layers, experts});
+    double* dst = out.mutable_data();
+    int64_t chosen = -1;
+    run_without_gil([&] {
+        chosen =
+            fasteplb::forecast_load(copy.data(), windows, layers, experts, f, num_threads, dst);
+    });
+    return py::make_tuple(out, chosen);
+}
+
+py::list history_candidates() {
+    py::list out;
+    for (const fasteplb::HistoryChoice& c : fasteplb::history_candidates()) {
+        out.append(py::make_tuple(history_name(c.mode), c.alpha, c.window, c.z));
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -224,6 +288,14 @@ PYBIND11_MODULE(_core, m) {
     m.def("replicate_experts", &replicate_experts, py::arg("weight").noconvert(),
           py::arg("num_phy"), py::arg("num_threads") = 0, py::arg("bfloat16") = false,
           "weight: [rows, n] -> (phy2log [rows, P], rank [rows, P], logcnt [rows, n]), int64");
+    m.def("forecast_load", &forecast_load, py::arg("weight").noconvert(),
+          py::arg("history") = "auto", py::arg("alpha") = 0.5, py::arg("window") = 8,
+          py::arg("z") = 1.0, py::arg("replays") = 8, py::arg("num_threads") = 0,
+          py::arg("bfloat16") = false,
+          "weight: [windows, layers, experts], oldest first -> (forecast [layers, experts] "
+          "float64, index of the auto candidate used or -1)");
+    m.def("history_candidates", &history_candidates,
+          "The candidates of history='auto', in tie order: (mode, alpha, window, z).");
     m.def(
         "_last_pool_size",
         [] { return fasteplb::last_pool_size().load(std::memory_order_relaxed); },

@@ -102,12 +102,12 @@ CASES = [
     # weight shape
     ("1-D", "rebalance_experts", (np.ones(8), *PLAN), {}, ValueError, r"weight must be 2-D"),
     (
-        "3-D",
+        "4-D",
         "rebalance_experts",
-        (np.ones((2, 8, 1)), *PLAN),
+        (np.ones((2, 8, 1, 1)), *PLAN),
         {},
         ValueError,
-        r"weight must be 2-D.*\(2, 8, 1\)",
+        r"weight must be 2-D \[layers, experts\] or 3-D .*\(2, 8, 1, 1\)",
     ),
     ("0-D", "replicate_experts", (np.float64(3.0), 4), {}, ValueError, r"weight must be 2-D"),
     (

@@ -19,6 +19,18 @@ Refine parse_refine(const std::string& name) {
                                 "'");
 }
 
+HistoryMode parse_history(const std::string& name) {
+    if (name == "last") return HistoryMode::Last;
+    if (name == "ema") return HistoryMode::Ema;
+    if (name == "mean") return HistoryMode::Mean;
+    if (name == "robust") return HistoryMode::Robust;
+    if (name == "trend") return HistoryMode::Trend;
+    if (name == "auto") return HistoryMode::Auto;
+    throw std::invalid_argument(
+        "history must be one of 'auto', 'last', 'ema', 'mean', 'robust', 'trend'; got '" + name +
+        "'");
+}
+
 void check_weights(const double* weight, int64_t rows, int64_t cols, const char* name) {
     IeeeFloatGuard ieee;  // a negative subnormal must not pass as zero
     for (int64_t r = 0; r < rows; ++r) {
@@ -98,6 +110,15 @@ void check_mode_limits(const Options& opt, int64_t n, int64_t per_pack) {
     }
     require(opt.refine == Refine::None || opt.swap_rounds <= kMaxSwapRounds,
             "swap_rounds must be <= 1000 with refine='swap' or 'local'");
+}
+
+void check_forecast(const Forecast& f, int64_t windows) {
+    require(windows >= 1, "weight must hold at least one window of load history");
+    require(windows <= kMaxHistoryWindows, "weight must hold at most 4096 windows of history");
+    require(f.alpha > 0.0 && f.alpha <= 1.0, "alpha must be in (0, 1]");
+    require(f.window >= 1 && f.window <= kMaxHistoryWindows, "window must be in 1..4096");
+    require(f.z >= 0.0 && std::isfinite(f.z), "z must be finite and >= 0");
+    require(f.replays >= 1 && f.replays <= kMaxReplays, "replays must be in 1..1024");
 }
 
 }  // namespace detail

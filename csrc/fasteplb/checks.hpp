@@ -42,4 +42,10 @@ void check_options(const Options& opt);
 // The limits of opt.refine on n slots (items) per row in packs of per_pack.
 void check_mode_limits(const Options& opt, int64_t n, int64_t per_pack);
 
+// Windows of load history a forecast reads at most, and the replays "auto" scores at most.
+constexpr int64_t kMaxHistoryWindows = 4096;
+constexpr int64_t kMaxReplays = 1024;
+
+void check_forecast(const Forecast& f, int64_t windows);
+
 }  // namespace fasteplb::detail

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "fasteplb/checks.hpp"
+#include "fasteplb/detail/history.hpp"
 #include "fasteplb/detail/layer.hpp"
 #include "fasteplb/detail/migrate.hpp"
 #include "fasteplb/detail/pack.hpp"
@@ -158,6 +159,63 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts, in
                                phyrank + l * num_replicas, logcnt + l * experts);
         },
         phy2log, phyrank, logcnt, alloc);
+}
+
+int64_t forecast_load(const double* history, int64_t windows, int64_t layers, int64_t experts,
+                      const Forecast& f, int num_threads, double* out) {
+    IeeeFloatGuard ieee;
+    detail::check_forecast(f, windows);
+    require(layers >= 0 && experts >= 1, "weight must have at least one expert per layer");
+    check_weights(history, windows * layers, experts, "weight");
+    const int64_t stride = layers * experts;  // from one window of a layer to the next
+    Options opt;
+    opt.num_threads = num_threads;
+    const int threads = threads_for(opt, layers, windows * experts / 8);
+    const std::vector<detail::HistoryCandidate>& cands = detail::auto_candidates();
+    detail::HistoryCandidate fixed{f.mode, f.alpha, f.window, f.z};
+    if (f.mode != HistoryMode::Auto || windows < 2) {
+        if (f.mode == HistoryMode::Auto) fixed = cands[0];  // "last"
+        parallel_rows(
+            layers, threads, [] { return detail::HistoryScratch{}; },
+            [&](detail::HistoryScratch& s, int64_t l) {
+                detail::forecast_layer(history + l * experts, stride, experts, windows, fixed, s,
+                                       out + l * experts);
+            });
+        return f.mode == HistoryMode::Auto ? 0 : -1;
+    }
+    // Per-layer errors first, then one choice for the model (summed in layer order, so any
+    // thread count chooses the same), then its forecast.
+    const int64_t count = static_cast<int64_t>(cands.size());
+    std::vector<double> errors(static_cast<size_t>(layers * count));
+    int64_t chosen = 0;
+    parallel_two_pass(
+        layers, threads, [] { return detail::HistoryScratch{}; },
+        [&](detail::HistoryScratch& s, int64_t l) {
+            detail::replay_errors(history + l * experts, stride, experts, windows, f.replays, s,
+                                  errors.data() + l * count);
+        },
+        [&] {
+            std::vector<double> total(static_cast<size_t>(count), 0.0);
+            for (int64_t l = 0; l < layers; ++l) {
+                for (int64_t c = 0; c < count; ++c) total[c] += errors[l * count + c];
+            }
+            for (int64_t c = 1; c < count; ++c) {
+                if (total[c] < total[chosen]) chosen = c;
+            }
+        },
+        [&](detail::HistoryScratch& s, int64_t l) {
+            detail::forecast_layer(history + l * experts, stride, experts, windows, cands[chosen],
+                                   s, out + l * experts);
+        });
+    return chosen;
+}
+
+std::vector<HistoryChoice> history_candidates() {
+    std::vector<HistoryChoice> out;
+    for (const detail::HistoryCandidate& c : detail::auto_candidates()) {
+        out.push_back(HistoryChoice{c.mode, c.alpha, c.window, c.z});
+    }
+    return out;
 }
 
 }  // namespace fasteplb

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "fasteplb/checks.hpp"
 #include "fasteplb/options.hpp"
@@ -44,5 +45,23 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts, in
                        int64_t num_groups, int64_t num_nodes, int64_t num_gpus, const Options& opt,
                        int64_t* phy2log, int64_t* phyrank, int64_t* logcnt,
                        const Log2PhyAlloc& alloc = nullptr, const Migration& mig = Migration{});
+
+// Forecasts the next window's load of every layer from a history of windows, oldest first
+// (f.mode; see Forecast). "auto" scores every candidate of history_candidates() on the last
+// f.replays windows, each forecast from the windows before it, summed over all layers (one
+// choice per model), and forecasts with the best; with one window every mode is "last".
+//   history: [windows, layers, experts]; out: [layers, experts] (output)
+// Returns the index in history_candidates() of the candidate used ("auto"), else -1.
+int64_t forecast_load(const double* history, int64_t windows, int64_t layers, int64_t experts,
+                      const Forecast& f, int num_threads, double* out);
+
+// The candidates "auto" chooses from, in tie order: (mode, alpha, window, z).
+struct HistoryChoice {
+    HistoryMode mode;
+    double alpha;
+    int64_t window;
+    double z;
+};
+std::vector<HistoryChoice> history_candidates();
 
 }  // namespace fasteplb

@@ -32,4 +32,27 @@ struct Migration {
                             // by more than this fraction (0: unless it drops at all)
 };
 
+// Planning from a history of load windows: how the next window's load is forecast.
+enum class HistoryMode {
+    Last,    // the newest window
+    Ema,     // exponential moving average, weight `alpha` on the newest window
+    Mean,    // mean of the last `window` windows
+    Robust,  // that mean + `z` standard deviations (more replicas for volatile experts)
+    Trend,   // newest + 0.5 * (newest - the one before), at least 0
+    Auto,    // the candidate (history_candidates()) whose forecasts of the last `replays`
+             // windows, each from the windows before it, erred least (shares, squared)
+};
+
+struct Forecast {
+    HistoryMode mode = HistoryMode::Auto;
+    double alpha = 0.5;   // Ema: in (0, 1]
+    int64_t window = 8;   // Mean, Robust: >= 1 (fewer when the history is shorter)
+    double z = 1.0;       // Robust: >= 0
+    int64_t replays = 8;  // Auto: >= 1
+};
+
+// Parses "last" / "ema" / "mean" / "robust" / "trend" / "auto"; throws std::invalid_argument
+// naming `history` otherwise.
+HistoryMode parse_history(const std::string& name);
+
 }  // namespace fasteplb

@@ -16,7 +16,14 @@ import importlib as _importlib
 from typing import TYPE_CHECKING
 
 from . import _version
-from ._api import balanced_packing, rebalance_experts, replicate_experts
+from ._api import (
+    balanced_packing,
+    forecast_load,
+    history_candidates,
+    rebalance_experts,
+    replicate_experts,
+)
+from ._planner import Planner
 from .metrics import (
     balancedness,
     colocated,
@@ -30,11 +37,14 @@ from .metrics import (
 __version__ = _version.version()
 
 __all__ = [
+    "Planner",
     "__version__",
     "balanced_packing",
     "balancedness",
     "colocated",
+    "forecast_load",
     "gpu_loads",
+    "history_candidates",
     "lower_bound",
     "moved_bytes",
     "moves",

@@ -22,6 +22,11 @@ def rebalance_experts(
     max_moves: Optional[int] = None,
     min_gain: Optional[float] = None,
     enable_hierarchical: Optional[bool] = None,
+    history: Optional[str] = None,
+    alpha: float = 0.5,
+    window: int = 8,
+    z: float = 1.0,
+    replays: int = 8,
 ) -> tuple[Any, Any, Any]:
     """Plan replica counts and GPU placement for every MoE layer.
 
@@ -30,7 +35,10 @@ def rebalance_experts(
 
     Parameters:
         weight: [layers, num_logical_experts] load per expert (torch tensor on any device, or
-            array-like; any real or integer dtype; finite and >= 0)
+            array-like; any real or integer dtype; finite and >= 0), or a history of such
+            windows [windows, layers, num_logical_experts], oldest first: the plan is then
+            made for the next window's load as ``history`` forecasts it
+            (:func:`forecast_load`)
         num_replicas: physical expert slots P, a multiple of ``num_gpus`` and >= experts
         num_groups: expert groups K (the number of experts must be a multiple of it)
         num_nodes: server nodes N (``num_gpus`` must be a multiple of it)
@@ -61,6 +69,9 @@ def rebalance_experts(
             are then ignored, as SGLang does); ``True`` the hierarchical policy, which needs
             ``num_groups % num_nodes == 0`` (ValueError otherwise, where SGLang asserts);
             ``None`` (default) DeepSeek's rule above
+        history, alpha, window, z, replays: how a 3-D ``weight`` is forecast; see
+            :func:`forecast_load` (``history=None``: ``"auto"``). With one window, or a 2-D
+            ``weight``, every mode plans on that window.
 
     Returns:
         phy2log: [layers, num_replicas], the logical expert held by each slot
@@ -72,8 +83,13 @@ def rebalance_experts(
     """
     refine, swap_rounds = _checks.options(refine, swap_rounds)
     threads = _checks.threads(num_threads)
+    forecast = _checks.history(history, alpha, window, z, replays)
     w = Weights(weight)
-    layers, experts = _checks.shape(w.shape)
+    if len(w.shape) != 2:  # a history [windows, layers, experts]
+        _checks.history_shape(w.shape)
+        layers, experts = int(w.shape[1]), int(w.shape[2])
+    else:
+        layers, experts = _checks.shape(w.shape)
     if enable_hierarchical is not None:  # SGLang's switch; None: DeepSeek's divisibility rule
         if not isinstance(enable_hierarchical, bool):
             raise TypeError(
@@ -99,11 +115,73 @@ def rebalance_experts(
     if old is not None and refine == "swap":
         raise ValueError("old_phy2log works with refine='local' or 'none', not 'swap'")
     view, bfloat16 = w.native
+    if len(w.shape) == 3:
+        view, _ = _core.forecast_load(view, *forecast, threads, bfloat16)
+        bfloat16 = False
     return w.wrap(
         *_core.rebalance_experts(
             view, *sizes, refine, swap_rounds, threads, old, moves, gain, bfloat16
         )
     )
+
+
+def describe_forecast(mode: str, alpha: float, window: int, z: float) -> str:
+    """A forecast as a short name: "last", "ema(alpha=0.4)", "robust(window=16, z=1)"."""
+    if mode == "ema":
+        return f"ema(alpha={alpha:g})"
+    if mode == "mean":
+        return f"mean(window={window})"
+    if mode == "robust":
+        return f"robust(window={window}, z={z:g})"
+    return mode
+
+
+def forecast_load(
+    weight: Any,
+    history: str = "auto",
+    *,
+    alpha: float = 0.5,
+    window: int = 8,
+    z: float = 1.0,
+    replays: int = 8,
+    num_threads: Optional[int] = None,
+) -> tuple[Any, str]:
+    """Forecast the next window's load per expert from a history of windows.
+
+    Parameters:
+        weight: [windows, layers, experts] load per window, oldest first (torch or
+            array-like, any real or integer dtype; finite and >= 0)
+        history: ``"last"`` (the newest window), ``"ema"`` (exponential moving average,
+            weight ``alpha`` in (0, 1] on the newest window), ``"mean"`` (of the last
+            ``window`` windows), ``"robust"`` (that mean + ``z`` standard deviations: more
+            replicas for volatile experts), ``"trend"`` (newest + 0.5 x its change, at least
+            0), or ``"auto"`` (default): the candidate of :func:`history_candidates` whose
+            forecasts of each of the last ``replays`` windows, made from the windows before
+            it, were closest to what came (squared error of the per-layer load shares,
+            summed over layers: one choice for the model; ties to the earlier candidate,
+            "last" first). With one window every mode is "last".
+        num_threads: worker threads over layers (default: as rebalance_experts)
+
+    Returns:
+        forecast: [layers, experts] float64 (torch in -> torch out on the input's device)
+        used: the forecast used, e.g. ``"mean(window=8)"`` (for "auto": the one chosen)
+    """
+    threads = _checks.threads(num_threads)
+    mode, alpha, window, z, replays = _checks.history(history, alpha, window, z, replays)
+    w = Weights(weight)
+    _checks.history_shape(w.shape)
+    view, bfloat16 = w.native
+    out, chosen = _core.forecast_load(view, mode, alpha, window, z, replays, threads, bfloat16)
+    if chosen >= 0:
+        used = describe_forecast(*_core.history_candidates()[chosen])
+    else:
+        used = describe_forecast(mode, alpha, window, z)
+    return w.wrap_float(out), used
+
+
+def history_candidates() -> list[str]:
+    """The forecasts ``history="auto"`` chooses from, in tie order."""
+    return [describe_forecast(*c) for c in _core.history_candidates()]
 
 
 def balanced_packing(

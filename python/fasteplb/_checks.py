@@ -5,6 +5,7 @@ Both raise the same exception, with the same message, for the same bad argument.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import sys
@@ -13,6 +14,9 @@ from typing import Any, Optional
 import numpy as np
 
 REFINE_MODES = ("local", "swap", "none")
+HISTORY_MODES = ("auto", "last", "ema", "mean", "robust", "trend")
+MAX_HISTORY_WINDOWS = 4096  # weight's windows [T, L, E], and `window`
+MAX_REPLAYS = 1024
 
 # Supported ranges: 10-1000x above real deployments (<= ~512 experts, ~1,024 slots, ~64 slots
 # per GPU, ~64 nodes per layer), and small enough that every path plans a layer in well under
@@ -59,6 +63,56 @@ def options(
     # Every swap strictly lowers the sum of squared pack loads, so refinement stops long
     # before 2**31 - 1 rounds: capping there (the core's int) changes no result.
     return refine, min(count("swap_rounds", swap_rounds, minimum=0), INT_MAX)
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def history(
+    mode: Any, alpha: Any, window: Any, z: Any, replays: Any
+) -> tuple[str, float, int, float, int]:
+    """Checks the history options (as the core does); mode None means "auto"."""
+    if mode is None:
+        mode = "auto"
+    if not isinstance(mode, str):
+        raise TypeError(f"history must be a str or None, got {type(mode).__name__}")
+    if mode not in HISTORY_MODES:
+        raise ValueError(f"history must be one of {HISTORY_MODES}, got {mode!r}")
+    alpha = _real("alpha", alpha)
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    window = count("window", window)
+    if window > MAX_HISTORY_WINDOWS:
+        raise ValueError(f"window must be <= {MAX_HISTORY_WINDOWS}, got {window}")
+    z = _real("z", z)
+    if not (z >= 0.0 and math.isfinite(z)):
+        raise ValueError(f"z must be finite and >= 0, got {z}")
+    replays = count("replays", replays)
+    if replays > MAX_REPLAYS:
+        raise ValueError(f"replays must be <= {MAX_REPLAYS}, got {replays}")
+    return mode, alpha, window, z, replays
+
+
+def history_shape(dims: tuple[int, ...]) -> tuple[int, int, int]:
+    """[windows, layers, experts] of a load history."""
+    if len(dims) != 3:
+        raise ValueError(
+            f"weight must be 2-D [layers, experts] or 3-D [windows, layers, experts], got shape "
+            f"{tuple(dims)}"
+        )
+    windows = int(dims[0])
+    if windows == 0:
+        raise ValueError(f"weight must hold at least one window, got shape {tuple(dims)}")
+    if windows > MAX_HISTORY_WINDOWS:
+        raise ValueError(
+            f"weight holds {windows} windows; at most {MAX_HISTORY_WINDOWS} are supported"
+        )
+    layers, experts = shape(tuple(dims[1:]))
+    _elements("weight", windows * layers, experts)
+    return windows, layers, experts
 
 
 def threads(num_threads: Any) -> int:

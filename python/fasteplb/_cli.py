@@ -27,6 +27,7 @@ from typing import IO, Any, Callable, Optional
 import numpy as np
 
 from . import __version__
+from ._checks import HISTORY_MODES as HISTORY_CHOICES
 from ._checks import MAX_REPLICAS
 
 __all__ = ["FORMATS", "Progress", "UserError", "add_commands", "read_plan", "run"]
@@ -296,6 +297,28 @@ def load_weight(path: str, window: Optional[int]) -> tuple[np.ndarray, int]:
         used = steps if window is None else window
         weight = trace[steps - used :].sum(axis=0)
     return weight, used
+
+
+def load_forecast(
+    path: str, window: Optional[int], windows: int, mode: str
+) -> tuple[np.ndarray, int, str]:
+    """[L, E]: the next window's load, forecast (``mode``) from the trace's last ``windows``
+    windows of ``window`` steps. Returns (forecast, windows used, the forecast used)."""
+    from . import forecast_load
+
+    if window is None:
+        raise UserError("--history needs --window W: the steps of one window")
+    with Progress(f"loading {os.path.basename(os.path.normpath(path))}"):
+        trace = _read_trace(path)
+    steps = trace.shape[0]
+    if window > steps:
+        raise UserError(f"--window {window} exceeds the {steps} steps in --load {path!r}")
+    used = min(windows, steps // window)
+    tail = trace[steps - used * window :]
+    past = tail.reshape(used, window, *trace.shape[1:]).sum(axis=1)
+    with _library():
+        forecast, name = forecast_load(past, mode)
+    return np.asarray(forecast), used, name
 
 
 def _read_trace(path: str) -> np.ndarray:
@@ -704,7 +727,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _integration("trtllm", ("to_csr", "initial_global_assignments"))
         _integration("trtllm", ("load_balancer_config", "save_load_balancer_config"))
 
-    weight, steps = load_weight(args.load, args.window)
+    forecast = None
+    if args.history is not None:
+        weight, used, forecast = load_forecast(
+            args.load, args.window, args.history_windows or 40, args.history
+        )
+        steps = used * args.window
+    else:
+        if args.history_windows is not None:
+            raise UserError("--history-windows needs --history")
+        weight, steps = load_weight(args.load, args.window)
     _check_sizes(weight, P, K)
     old = None
     if args.old is not None:
@@ -732,7 +764,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "policy": _policy(K, N),
         "options": {
             "refine": args.refine,
-            "window": steps,
+            "window": steps if forecast is None else args.window,
+            "history": args.history,
+            "forecast": forecast,
             "max_moves": args.max_moves,
             "min_gain": args.min_gain,
             "load": os.path.abspath(args.load),
@@ -749,6 +783,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{_n(steps, 'step')}; "
         f"balancedness {bal:.4f} (bound {best:.4f})"
     )
+    if forecast is not None:
+        summary += (
+            f" on the forecast {forecast} from {_n(steps // args.window, 'window')} of "
+            f"{_n(args.window, 'step')}"
+        )
     if old is not None:
         copies = int(np.asarray(moves(old, plan[0], G)).sum())
         summary += f"; {copies} expert copies from --old"
@@ -946,6 +985,10 @@ examples:
       --nodes 4 --groups 8 --format sglang --out init_expert_location.json
   # the last 1000 steps of a trace, fasteplb's own plan file:
   fasteplb plan --load trace.json --window 1000 --replicas 288 --gpus 32 --out plan.json
+  # plan for the next 100 steps from the last 40 windows of 100 steps (forecast chosen by
+  # replaying the recent windows):
+  fasteplb plan --load trace.json --window 100 --history auto --replicas 288 --gpus 32 \\
+      --out plan.json
   # re-plan from the current placement, at most 16 expert copies per layer:
   fasteplb plan --load new_window.npy --replicas 288 --gpus 32 --old plan.json \\
       --max-moves 16 --out plan2.json
@@ -959,7 +1002,9 @@ examples:
 ({"load_history": [{"logical_expert_load": [L][E]}, ...]}), a real-matrix JSON ("counts"),
 SGLang's expert-distribution recorder dump (.pt or .json with "logical_count" [T][L][E];
 detail-mode dumps through fasteplb.integrations.sglang), a .npy or .pt array [T][L][E] or
-[L][E]. A [T][L][E] trace is summed over its last --window steps (default: all).
+[L][E]. A [T][L][E] trace is summed over its last --window steps (default: all); with
+--history, its last --history-windows windows of --window steps are a history, and the plan
+is made for the next window's forecast load.
 
 """
 
@@ -1012,6 +1057,12 @@ def add_commands(sub: Any) -> None:
                    help='refinement (default local; none = DeepSeek\'s greedy)')  # fmt: skip
     p.add_argument("--window", type=_positive("window"), metavar="W",
                    help="sum the last W steps of a [T, L, E] trace (default: all)")  # fmt: skip
+    p.add_argument("--history", choices=HISTORY_CHOICES, metavar="MODE",
+                   help="plan for the next window: split the trace into windows of --window "
+                   "steps and forecast from the last --history-windows of them (auto, last, "
+                   "ema, mean, robust, trend; see fasteplb.forecast_load)")  # fmt: skip
+    p.add_argument("--history-windows", type=_positive("history_windows"), metavar="N",
+                   help="with --history: windows of history (default 40)")  # fmt: skip
     p.add_argument("--threads", type=_positive("threads"), metavar="T",
                    help="planner threads (default: the hardware's)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE", help="plan file to write")

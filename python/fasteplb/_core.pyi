@@ -35,4 +35,15 @@ def balanced_packing(
 def replicate_experts(
     weight: npt.NDArray[np.generic], num_phy: int, num_threads: int = 0, bfloat16: bool = False
 ) -> tuple[_I64, _I64, _I64]: ...
+def forecast_load(
+    weight: npt.NDArray[np.generic],
+    history: str = "auto",
+    alpha: float = 0.5,
+    window: int = 8,
+    z: float = 1.0,
+    replays: int = 8,
+    num_threads: int = 0,
+    bfloat16: bool = False,
+) -> tuple[npt.NDArray[np.float64], int]: ...
+def history_candidates() -> list[tuple[str, float, int, float]]: ...
 def _last_pool_size() -> int: ...

@@ -147,6 +147,13 @@ class Weights:
             self._array = np.ascontiguousarray(view, dtype=np.float64)
         return self._array
 
+    def wrap_float(self, out: np.ndarray) -> Any:
+        """One float64 numpy output -> numpy, or a torch tensor on the input's device."""
+        if self.device is None:
+            return out
+        tensor = _torch().from_numpy(out)
+        return tensor if self._cpu else tensor.to(self.device)
+
     def wrap(self, *outputs: np.ndarray) -> tuple[Any, ...]:
         """int64 numpy outputs -> numpy, or torch tensors on the input's device."""
         if self.device is None:

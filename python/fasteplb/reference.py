@@ -201,12 +201,27 @@ def rebalance_experts(
     refine: str = "swap",
     swap_rounds: int = 20,
     enable_hierarchical: Any = None,
+    history: Any = None,
+    alpha: float = 0.5,
+    window: int = 8,
+    z: float = 1.0,
+    replays: int = 8,
 ) -> tuple[Any, Any, Any]:
     """Reference for :func:`fasteplb.rebalance_experts` (same arguments and results)."""
     import numpy as np
 
     refine, swap_rounds = _checks.options(refine, swap_rounds, _MODES)
+    forecast = _checks.history(history, alpha, window, z, replays)
     wt = Weights(weight)
+    if len(wt.shape) != 2:  # a history [windows, layers, experts]
+        _checks.history_shape(wt.shape)
+        mode, alpha, window, z, replays = forecast
+        load, _ = forecast_load(wt.array, mode, alpha=alpha, window=window, z=z, replays=replays)
+        plan = rebalance_experts(
+            load, num_replicas, num_groups, num_nodes, num_gpus, refine=refine,
+            swap_rounds=swap_rounds, enable_hierarchical=enable_hierarchical,
+        )  # fmt: skip
+        return wt.wrap(*plan)
     layers, experts = _checks.shape(wt.shape)
     if enable_hierarchical is not None:  # SGLang's switch, as in fasteplb.rebalance_experts
         if not isinstance(enable_hierarchical, bool):
@@ -270,3 +285,122 @@ def replicate_experts(weight: Any, num_phy: int) -> tuple[Any, Any, Any]:
     _check_values(values)
     plans = [_replicate(w, num_phy) for w in values]
     return wt.wrap(*(np.array(x, dtype=np.int64) for x in zip(*plans)))
+
+
+# ----------------------------------------------------------------------------------------
+# Forecasting from a load history (the same arithmetic, in the same order, as
+# csrc/fasteplb/detail/history.cpp, so results are bit-identical).
+# ----------------------------------------------------------------------------------------
+
+_ALPHAS = (0.2, 0.4, 0.6, 0.8)
+_CANDIDATES = (
+    [("last", 0.0, 0, 0.0)]
+    + [("ema", a, 0, 0.0) for a in _ALPHAS]
+    + [("mean", 0.0, w, 0.0) for w in (2, 4, 8, 16, 32)]
+    + [("robust", 0.0, w, z) for w, z in ((8, 0.5), (8, 1.0), (16, 0.5), (16, 1.0), (32, 1.0))]
+    + [("trend", 0.0, 0, 0.0)]
+)
+
+
+def _prefix(x: list[list[float]], upto: int) -> tuple[list[list[float]], list[list[float]]]:
+    experts = len(x[0])
+    s1, s2 = [[0.0] * experts], [[0.0] * experts]
+    for t in range(upto):
+        a1, a2, row = s1[-1], s2[-1], x[t]
+        s1.append([a1[e] + row[e] for e in range(experts)])
+        s2.append([a2[e] + row[e] * row[e] for e in range(experts)])
+    return s1, s2
+
+
+def _window(s1: Any, s2: Any, upto: int, window: int, z: float) -> list[float]:
+    n = min(window, upto)
+    hi1, lo1, hi2, lo2 = s1[upto], s1[upto - n], s2[upto], s2[upto - n]
+    out = []
+    for e in range(len(hi1)):
+        m = (hi1[e] - lo1[e]) / float(n)
+        if z < 0.0:
+            out.append(m)
+            continue
+        v = (hi2[e] - lo2[e]) / float(n) - m * m
+        out.append(m + z * math.sqrt(max(v, 0.0)))
+    return out
+
+
+def _forecast(x: list[list[float]], upto: int, cand: tuple, sums: Any = None) -> list[float]:
+    mode, alpha, window, z = cand
+    if mode == "ema":
+        out = list(x[0])
+        keep = 1.0 - alpha
+        for t in range(1, upto):
+            out = [alpha * v + keep * o for v, o in zip(x[t], out)]
+        return out
+    if mode in ("mean", "robust"):
+        s1, s2 = sums if sums is not None else _prefix(x, upto)
+        return _window(s1, s2, upto, window, -1.0 if mode == "mean" else z)
+    if mode == "trend" and upto >= 2:
+        now, before = x[upto - 1], x[upto - 2]
+        return [max(0.0, n + 0.5 * (n - b)) for n, b in zip(now, before)]
+    return list(x[upto - 1])
+
+
+def _share_error(f: list[float], x: list[float]) -> float:
+    """sum_e (f_e / F - x_e / X)^2 expanded as FF / F^2 - 2 FX / (F X) + XX / X^2, in the
+    core's order; a forecast without load counts as uniform shares."""
+    total = squares = 0.0
+    for b in x:
+        total += b
+        squares += b * b
+    if not total > 0.0:
+        return 0.0
+    sf = sff = sfx = 0.0
+    for a, b in zip(f, x):
+        sf += a
+        sff += a * a
+        sfx += a * b
+    inv_x = 1.0 / total
+    if not sf > 0.0:
+        return max(0.0, squares * inv_x * inv_x - 1.0 / float(len(x)))
+    inv_f = 1.0 / sf
+    return max(0.0, sff * inv_f * inv_f - 2.0 * sfx * inv_f * inv_x + squares * inv_x * inv_x)
+
+
+def forecast_load(
+    weight: Any,
+    history: str = "auto",
+    *,
+    alpha: float = 0.5,
+    window: int = 8,
+    z: float = 1.0,
+    replays: int = 8,
+) -> tuple[Any, str]:
+    """Reference for :func:`fasteplb.forecast_load` (same arguments and results)."""
+    import numpy as np
+
+    from ._api import describe_forecast
+
+    mode, alpha, window, z, replays = _checks.history(history, alpha, window, z, replays)
+    wt = Weights(weight)
+    windows, layers, _ = _checks.history_shape(wt.shape)
+    values = wt.array.tolist()  # [windows][layers][experts]
+    _check_values([row for win in values for row in win])
+    per_layer = [[values[t][layer] for t in range(windows)] for layer in range(layers)]
+    cand = (mode, alpha, window, z)
+    if mode == "auto":
+        cand = _CANDIDATES[0]
+        if windows >= 2:
+            total = [0.0] * len(_CANDIDATES)
+            first = max(1, windows - replays)
+            for x in per_layer:
+                sums = _prefix(x, windows)
+                errs = [0.0] * len(_CANDIDATES)
+                for u in range(first, windows):
+                    for c, candidate in enumerate(_CANDIDATES):
+                        errs[c] += _share_error(_forecast(x, u, candidate, sums), x[u])
+                total = [a + b for a, b in zip(total, errs)]
+            best = 0
+            for c in range(1, len(_CANDIDATES)):
+                if total[c] < total[best]:
+                    best = c
+            cand = _CANDIDATES[best]
+    out = np.array([_forecast(x, windows, cand) for x in per_layer], dtype=np.float64)
+    return wt.wrap_float(out), describe_forecast(*cand)

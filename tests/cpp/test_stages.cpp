@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "check.hpp"
+#include "fasteplb/detail/history.hpp"
 #include "fasteplb/detail/layer.hpp"
 #include "fasteplb/detail/local_search.hpp"
 #include "fasteplb/detail/migrate.hpp"
@@ -523,6 +524,70 @@ void test_layers(int cases) {
     }
 }
 
+// ---- forecasting from a history -------------------------------------------------------------
+
+void test_history(int cases) {
+    Rng rng(77);
+    HistoryScratch s;
+    const std::vector<HistoryCandidate>& cands = auto_candidates();
+    for (int t = 0; t < cases; ++t) {
+        const int64_t windows = pick(rng, 1, 12), layers = pick(rng, 1, 3),
+                      experts = pick(rng, 1, 20);
+        F64 x(static_cast<size_t>(windows * layers * experts));
+        for (double& v : x) v = static_cast<double>(pick(rng, 0, 50));
+        const int64_t stride = layers * experts;
+        const int64_t layer = pick(rng, 0, layers - 1);
+        const double* base = x.data() + layer * experts;
+        auto at = [&](int64_t w, int64_t e) { return base[w * stride + e]; };
+        F64 out(static_cast<size_t>(experts));
+        g_context = fmt("history windows=%lld experts=%lld case %d",
+                        static_cast<long long>(windows), static_cast<long long>(experts), t);
+        for (const HistoryCandidate& c : cands) {
+            forecast_layer(base, stride, experts, windows, c, s, out.data());
+            bool ok = true;
+            for (int64_t e = 0; e < experts; ++e) {
+                double want = at(windows - 1, e);
+                if (c.mode == fasteplb::HistoryMode::Ema) {
+                    want = at(0, e);
+                    for (int64_t w = 1; w < windows; ++w)
+                        want = c.alpha * at(w, e) + (1 - c.alpha) * want;
+                } else if (c.mode == fasteplb::HistoryMode::Mean ||
+                           c.mode == fasteplb::HistoryMode::Robust) {
+                    const int64_t n = std::min(c.window, windows);
+                    double sum = 0.0, sq = 0.0;
+                    for (int64_t w = windows - n; w < windows; ++w) sum += at(w, e);
+                    const double m = sum / static_cast<double>(n);
+                    for (int64_t w = windows - n; w < windows; ++w)
+                        sq += (at(w, e) - m) * (at(w, e) - m);
+                    want = m;
+                    if (c.mode == fasteplb::HistoryMode::Robust)
+                        want += c.z * std::sqrt(sq / static_cast<double>(n));
+                } else if (c.mode == fasteplb::HistoryMode::Trend && windows >= 2) {
+                    want = std::max(
+                        0.0, at(windows - 1, e) + 0.5 * (at(windows - 1, e) - at(windows - 2, e)));
+                }
+                ok &= std::fabs(out[e] - want) <= 1e-9 * std::max(1.0, std::fabs(want));
+            }
+            CHECK_MSG(ok, fmt("candidate mode %d window %lld", static_cast<int>(c.mode),
+                              static_cast<long long>(c.window)));
+        }
+        // Replay errors: none without a window to replay; zero for every candidate when all
+        // windows are equal; "last" errs exactly by the share changes between windows.
+        F64 err(cands.size());
+        replay_errors(base, stride, experts, windows, pick(rng, 1, 10), s, err.data());
+        if (windows == 1)
+            CHECK(std::all_of(err.begin(), err.end(), [](double v) { return v == 0.0; }));
+        CHECK(std::all_of(err.begin(), err.end(), [](double v) { return v >= 0.0; }));
+        F64 same(static_cast<size_t>(windows * experts));
+        for (int64_t w = 0; w < windows; ++w) {
+            for (int64_t e = 0; e < experts; ++e)
+                same[w * experts + e] = static_cast<double>(e + 1);
+        }
+        replay_errors(same.data(), experts, experts, windows, 8, s, err.data());
+        CHECK(std::all_of(err.begin(), err.end(), [](double v) { return v < 1e-24; }));
+    }
+}
+
 void test_budget_shares() {
     g_context = "node_move_budget";
     constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
@@ -563,6 +628,7 @@ int main(int argc, char** argv) {
     test_pack_sorted(count(200));
     test_split(count(150));
     test_layers(count(200));
+    test_history(count(200));
     test_budget_shares();
     std::printf("%ld passed, %ld failed\n", g_passed, g_failed);
     return g_failed == 0 ? 0 : 1;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Any, Optional
 
 import numpy as np
@@ -12,7 +13,8 @@ import numpy as np
 from .. import _api
 
 # Options forwarded to fasteplb.rebalance_experts; the last two need an old placement.
-PLAN_OPTIONS = ("refine", "swap_rounds", "num_threads", "max_moves", "min_gain")
+HISTORY_OPTIONS = ("history", "alpha", "window", "z", "replays")
+PLAN_OPTIONS = ("refine", "swap_rounds", "num_threads", "max_moves", "min_gain", *HISTORY_OPTIONS)
 MIGRATION_OPTIONS = ("max_moves", "min_gain")
 
 _TRUE = ("1", "true", "yes", "on")
@@ -59,7 +61,7 @@ def check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
             f"{', '.join(PLAN_OPTIONS)}"
         )
     fresh = {k: v for k, v in options.items() if k not in MIGRATION_OPTIONS}
-    _api.rebalance_experts(np.ones((1, 2)), 2, 1, 1, 1, **fresh)
+    _api.rebalance_experts(np.ones((1, 1, 2)), 2, 1, 1, 1, **fresh)
     if not migrates(options):
         given = sorted(set(options) & set(MIGRATION_OPTIONS))
         if given:
@@ -71,6 +73,47 @@ def check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
         old = np.array([[0, 1]], dtype=np.int64)
         _api.rebalance_experts(np.ones((1, 2)), 2, 1, 1, 1, old_phy2log=old, **options)
     return dict(options)
+
+
+def forecast(history: Any, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The next window's load [L, E] forecast from ``history`` [windows, L, E] with the history
+    options among ``options`` (fasteplb.forecast_load), and the other options."""
+    given = {k: v for k, v in options.items() if k in HISTORY_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in HISTORY_OPTIONS}
+    mode = given.pop("history", None)
+    load, _ = _api.forecast_load(
+        host_array(history), "auto" if mode is None else mode, num_threads=rest.get("num_threads"),
+        **given,
+    )  # fmt: skip
+    return load, rest
+
+
+class WindowHistory:
+    """The load windows an engine hands its policy, one per rebalance, kept (the last
+    ``keep``, per [layers, experts] shape) so that each plan can be made for the next window
+    from a history (for engines whose policy sees only the current window). Thread-safe."""
+
+    def __init__(self, keep: int = 40) -> None:
+        self.keep = keep
+        self._windows: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def forecast(self, weight: Any, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Adds ``weight`` [L, E] as the newest window; returns :func:`forecast` over the kept
+        windows."""
+        window = np.array(host_array(weight), dtype=np.float64)
+        if window.ndim != 2:
+            raise ValueError(f"weight must be 2-D [layers, experts], got shape {window.shape}")
+        with self._lock:
+            kept = self._windows.setdefault(window.shape, [])
+            kept.append(window)
+            del kept[: max(0, len(kept) - self.keep)]
+            history = np.stack(kept)
+        return forecast(history, options)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._windows.clear()
 
 
 def migrates(options: dict[str, Any]) -> bool:

@@ -74,6 +74,7 @@ def rebalance_experts(
     *,
     enable_hierarchical: Optional[bool] = None,
     old_phy2log: Any = None,
+    history_window: Optional[int] = None,
     **options: Any,
 ) -> tuple[Any, Any, Any]:
     """SGLang's EPLB algorithm contract, planned by fasteplb.
@@ -91,8 +92,13 @@ def rebalance_experts(
         old_phy2log: the current placement [L, P] to plan from (migration-aware); a map of
             another shape is ignored, rows that are not a complete placement are planned
             fresh
+        history_window: with ``history`` among the options and a [T, L, E] input, the steps
+            of one window (default: T // 16, at least 1): the last windows of that many steps
+            are the history the next window's load is forecast from
+            (:func:`fasteplb.forecast_load`) instead of summing all T steps
         **options: fasteplb.rebalance_experts options (``refine``, ``swap_rounds``,
-            ``num_threads``, ``max_moves``, ``min_gain``)
+            ``num_threads``, ``max_moves``, ``min_gain``, ``history``, ``alpha``,
+            ``window``, ``z``, ``replays``)
 
     Returns:
         (phy2log [L, P], log2phy [L, E, R] -1 padded, logcnt [L, E]), int64: torch tensors on
@@ -107,7 +113,21 @@ def rebalance_experts(
         )
     weight = tokens_per_expert
     shape = tuple(weight.shape) if hasattr(weight, "shape") else np.shape(weight)
-    if len(shape) == 3:
+    if len(shape) == 3 and options.get("history") is not None:
+        steps = int(shape[0])
+        size = (
+            max(1, steps // 16)
+            if history_window is None
+            else _int("history_window", history_window)
+        )
+        if size > steps:
+            raise ValueError(f"history_window ({size}) exceeds the {steps} steps given")
+        count = steps // size
+        tail = _common.host_array(weight)[steps - count * size :]
+        weight, options = _common.forecast(
+            tail.reshape(count, size, *shape[1:]).sum(axis=1), options
+        )
+    elif len(shape) == 3:
         weight = weight.sum(0) if _common.is_tensor(weight) else np.asarray(weight).sum(0)
     elif len(shape) != 2:
         raise ValueError(

@@ -63,6 +63,8 @@ _POLICY_MODULES = ("vllm.distributed.eplb.policy", "vllm.backends.distributed.ep
 _log = logging.getLogger("fasteplb")
 _classes: dict[Optional[type], type] = {}
 _replaced: list[tuple[dict[str, Any], Any]] = []  # (registry, the policy it held before)
+# With the ``history`` option: the windows vLLM handed the policy, one per rebalance.
+_history = _common.WindowHistory()
 
 
 def _rebalance_experts(
@@ -91,9 +93,13 @@ def _rebalance_experts(
     """
     if num_ranks > 0 and num_nodes > 0 and num_ranks % num_nodes:
         num_nodes = 1  # as vLLM's caller does before calling a policy
+    options = cls.options
+    if options.get("history") is not None:
+        # vLLM hands over one window per rebalance: plan for the next from the kept ones.
+        weight, options = _history.forecast(weight, options)
     phy2log, _, _ = _common.plan(
         weight, num_replicas, num_groups, num_nodes, num_ranks, old_global_expert_indices,
-        **cls.options,
+        **options,
     )  # fmt: skip
     try:
         import torch
@@ -161,7 +167,10 @@ def register(policies: Optional[dict[str, Any]] = None, **options: Any) -> type:
         policies: the registry to patch (default: vLLM's ``EPLB_POLICIES``, imported now);
             vLLM reads it when a model is added, so register before the engine starts
         **options: fasteplb.rebalance_experts options for every rebalance: ``refine``,
-            ``swap_rounds``, ``num_threads``, ``max_moves``, ``min_gain`` (checked now)
+            ``swap_rounds``, ``num_threads``, ``max_moves``, ``min_gain`` (checked now);
+            ``history`` (and ``alpha``, ``window``, ``z``, ``replays``): keep the load
+            window of each rebalance (the last 40) and plan for the next window from them
+            (fasteplb.forecast_load; e.g. ``history="auto"``)
 
     Idempotent; :func:`unregister` puts the previous policy back.
 
@@ -181,6 +190,7 @@ def register(policies: Optional[dict[str, Any]] = None, **options: Any) -> type:
         _replaced.append((policies, previous))
         policies["default"] = cls
     cls.options = options
+    _history.clear()
     _log.info("fasteplb: %s is vLLM's default EPLB policy", cls.__qualname__)
     return cls
 
