@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import numpy as np
+from fasteplb._bench.cli import script_parser
+from fasteplb._timing import machine
 
 LOADS = ("equal", "hot", "geometric", "random")
 
@@ -261,25 +262,12 @@ def estimate_for(spec: dict) -> int:
     return _checks.memory_estimate(rows, cols, spec["args"][0])
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = script_parser(
+        __doc__, write="the tables into README.md", quick="one load (random) per shape"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--quick", action="store_true", help="one load (random) per shape")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
-    ap.add_argument("--write", action="store_true", help="put the tables into README.md")
     args = ap.parse_args()
     if args.child:
         child(json.loads(args.child))

@@ -112,6 +112,8 @@ def history_shape(dims: tuple[int, ...]) -> tuple[int, int, int]:
         )
     layers, experts = shape(tuple(dims[1:]))
     _elements("weight", windows * layers, experts)
+    # The history's copies and the forecast's per-thread prefix sums, as [T * L, E] loads.
+    memory("the forecast", windows * layers, experts, experts)
     return windows, layers, experts
 
 
