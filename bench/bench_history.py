@@ -184,6 +184,34 @@ def results_table(rows: dict, traffic: str) -> list[str]:
     return lines
 
 
+def short(name: str) -> str:
+    """A candidate's name for a table column: ema(alpha=0.2) -> ema .2, mean(window=8) -> mean 8,
+    robust(window=16, z=1) -> rob 16/1."""
+    if name.startswith("ema"):
+        return "ema " + name.split("=")[1].rstrip(")").lstrip("0")
+    if name.startswith("mean"):
+        return "mean " + name.split("=")[1].rstrip(")")
+    if name.startswith("robust"):
+        window, z = (part.split("=")[1] for part in name[7:-1].split(", "))
+        return f"rob {window}/{z}"
+    return name
+
+
+def modes_table(rows: dict, traffic: str) -> list[str]:
+    """Every fixed mode's next-window balancedness, as the difference to `last`."""
+    modes = NAMES[1:]
+    lines = [
+        "| configuration | profile | last | " + " | ".join(short(m) for m in modes) + " |",
+        "|---|---|---|" + "---:|" * len(modes),
+    ]
+    for label, _, _ in CONFIGS:
+        for profile in PROFILES:
+            r = rows[(label, traffic, profile)]
+            cells = " | ".join(f"{r[m] - r['last']:+.4f}" for m in modes)
+            lines.append(f"| {label} | {profile} | {r['last']:.4f} | {cells} |")
+    return lines
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -433,6 +461,13 @@ def main() -> int:
         extra = f", {', '.join(f'{k}={v!r}' for k, v in kw.items())}" if kw else ""
         lines += [f"### {traffic} ({size} steps per window{extra})", ""]
         lines += [*results_table(rows, traffic), ""]
+        lines += [
+            f"Every fixed mode, {traffic} (difference to `last`; ema a: alpha a, mean w: the "
+            "last w windows, rob w/z: their mean + z std):",
+            "",
+            *modes_table(rows, traffic),
+            "",
+        ]
     lines += ["### Targets", "", *targets(rows), ""]
     lines += [
         "### Time per call",

@@ -572,7 +572,7 @@ void test_history(int cases) {
                               static_cast<long long>(c.window)));
         }
         // Replay errors: none without a window to replay; zero for every candidate when all
-        // windows are equal; "last" errs exactly by the share changes between windows.
+        // windows are equal (up to the rounding of the one-pass expansion of the squared error).
         F64 err(cands.size());
         replay_errors(base, stride, experts, windows, pick(rng, 1, 10), s, err.data());
         if (windows == 1)
@@ -584,7 +584,7 @@ void test_history(int cases) {
                 same[w * experts + e] = static_cast<double>(e + 1);
         }
         replay_errors(same.data(), experts, experts, windows, 8, s, err.data());
-        CHECK(std::all_of(err.begin(), err.end(), [](double v) { return v < 1e-24; }));
+        CHECK(std::all_of(err.begin(), err.end(), [](double v) { return v < 1e-12; }));
     }
 }
 
