@@ -85,7 +85,8 @@ def rebalance_experts(
     threads = _checks.threads(num_threads)
     forecast = _checks.history(history, alpha, window, z, replays)
     w = Weights(weight)
-    if len(w.shape) != 2:  # a history [windows, layers, experts]
+    is_history = len(w.shape) != 2  # [windows, layers, experts]
+    if is_history:
         _checks.history_shape(w.shape)
         layers, experts = int(w.shape[1]), int(w.shape[2])
     else:
@@ -115,7 +116,7 @@ def rebalance_experts(
     if old is not None and refine == "swap":
         raise ValueError("old_phy2log works with refine='local' or 'none', not 'swap'")
     view, bfloat16 = w.native
-    if len(w.shape) == 3:
+    if is_history:
         view, _ = _core.forecast_load(view, *forecast, threads, bfloat16)
         bfloat16 = False
     return w.wrap(

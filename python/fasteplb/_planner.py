@@ -75,8 +75,11 @@ class Planner:
             "enable_hierarchical": enable_hierarchical,
         }
         self._migrate = (migrate, max_moves, min_gain)
-        self._buffer: Optional[np.ndarray] = None  # [keep, layers, experts] float64
-        self._count = 0
+        # [2 * keep, layers, experts] float64; the history is _buffer[_end - _count : _end].
+        # Twice the room, so that the windows move to the front once every `keep` calls
+        # instead of shifting on every call.
+        self._buffer: Optional[np.ndarray] = None
+        self._count = self._end = 0
         self._phy2log: Optional[np.ndarray] = None
         self._used = ""
         self._lock = threading.Lock()
@@ -94,7 +97,8 @@ class Planner:
     def reset(self) -> None:
         """Forget the history and the previous plan."""
         with self._guard():
-            self._buffer, self._count, self._phy2log, self._used = None, 0, None, ""
+            self._buffer, self._phy2log, self._used = None, None, ""
+            self._count = self._end = 0
 
     def plan(self, load: Any) -> tuple[Any, Any, Any]:
         """Add one window's load [layers, experts] and plan for the next window.
@@ -111,7 +115,7 @@ class Planner:
                         f"load must have shape {list(self._buffer.shape[1:])} like the "
                         f"windows before it, got {[layers, experts]}"
                     )
-                self._buffer = np.empty((self._keep, layers, experts))
+                self._buffer = np.empty((2 * self._keep, layers, experts))
             bad = ~(np.isfinite(window) & (window >= 0))
             if bad.any():
                 layer, expert = (int(i) for i in np.argwhere(bad)[0])
@@ -119,12 +123,14 @@ class Planner:
                     f"load must be finite and non-negative; found {window[layer, expert]:g} at "
                     f"[{layer}, {expert}]"
                 )
-            if self._count == self._keep:
-                self._buffer[:-1] = self._buffer[1:]
-                self._count -= 1
-            self._buffer[self._count] = window
-            self._count += 1
-            history = self._buffer[: self._count]
+            if self._end == len(self._buffer):  # full: the newest keep - 1 to the front
+                kept = self._keep - 1
+                self._buffer[:kept] = self._buffer[self._end - kept : self._end]
+                self._end, self._count = kept, min(self._count, kept)
+            self._buffer[self._end] = window
+            self._end += 1
+            self._count = min(self._count + 1, self._keep)
+            history = self._buffer[self._end - self._count : self._end]
             mode, alpha, win, z, replays = self._forecast
             forecast, self._used = _api.forecast_load(
                 history,

@@ -47,15 +47,17 @@ void prefix_sums(const double* x, int64_t stride, int64_t experts, int64_t upto,
 }
 
 // Mean (z < 0: plain) or mean + z std of the last min(window, upto) windows before `upto`,
-// from the prefix sums.
+// from the prefix sums: emit(e, forecast of expert e) for every expert. One definition for
+// the final forecast and the replays, so both compute the same bits.
+template <class Emit>
 void window_forecast(const HistoryScratch& s, int64_t experts, int64_t upto, int64_t window,
-                     double z, double* out) {
+                     double z, Emit emit) {
     const int64_t n = std::min(window, upto);
     const double inv = static_cast<double>(n);
     const double* hi1 = s.s1.data() + upto * experts;
     const double* lo1 = s.s1.data() + (upto - n) * experts;
     if (z < 0.0) {
-        for (int64_t e = 0; e < experts; ++e) out[e] = (hi1[e] - lo1[e]) / inv;
+        for (int64_t e = 0; e < experts; ++e) emit(e, (hi1[e] - lo1[e]) / inv);
         return;
     }
     const double* hi2 = s.s2.data() + upto * experts;
@@ -63,19 +65,27 @@ void window_forecast(const HistoryScratch& s, int64_t experts, int64_t upto, int
     for (int64_t e = 0; e < experts; ++e) {
         const double m = (hi1[e] - lo1[e]) / inv;
         const double v = (hi2[e] - lo2[e]) / inv - m * m;
-        out[e] = m + z * std::sqrt(std::max(v, 0.0));
+        emit(e, m + z * std::sqrt(std::max(v, 0.0)));
     }
 }
 
-void trend_forecast(const double* x, int64_t stride, int64_t experts, int64_t upto, double* out) {
+// One step of an exponential moving average: avg = alpha * row + (1 - alpha) * avg.
+void ema_step(double* avg, const double* row, double alpha, int64_t experts) {
+    const double keep = 1.0 - alpha;
+    for (int64_t e = 0; e < experts; ++e) avg[e] = alpha * row[e] + keep * avg[e];
+}
+
+// Newest + 0.5 (newest - the one before), at least 0 (the newest alone when upto < 2).
+template <class Emit>
+void trend_forecast(const double* x, int64_t stride, int64_t experts, int64_t upto, Emit emit) {
     const double* now = x + (upto - 1) * stride;
     if (upto < 2) {
-        std::copy(now, now + experts, out);
+        for (int64_t e = 0; e < experts; ++e) emit(e, now[e]);
         return;
     }
     const double* before = x + (upto - 2) * stride;
     for (int64_t e = 0; e < experts; ++e) {
-        out[e] = std::max(0.0, now[e] + 0.5 * (now[e] - before[e]));
+        emit(e, std::max(0.0, now[e] + 0.5 * (now[e] - before[e])));
     }
 }
 
@@ -108,23 +118,18 @@ const std::vector<HistoryCandidate>& auto_candidates() {
 void forecast_layer(const double* x, int64_t stride, int64_t experts, int64_t upto,
                     const HistoryCandidate& c, HistoryScratch& s, double* out) {
     switch (c.mode) {
-        case HistoryMode::Ema: {
+        case HistoryMode::Ema:
             std::copy(x, x + experts, out);
-            const double keep = 1.0 - c.alpha;
-            for (int64_t t = 1; t < upto; ++t) {
-                const double* row = x + t * stride;
-                for (int64_t e = 0; e < experts; ++e) out[e] = c.alpha * row[e] + keep * out[e];
-            }
+            for (int64_t t = 1; t < upto; ++t) ema_step(out, x + t * stride, c.alpha, experts);
             return;
-        }
         case HistoryMode::Mean:
         case HistoryMode::Robust:
             prefix_sums(x, stride, experts, upto, s);
             window_forecast(s, experts, upto, c.window, c.mode == HistoryMode::Mean ? -1.0 : c.z,
-                            out);
+                            [out](int64_t e, double v) { out[e] = v; });
             return;
         case HistoryMode::Trend:
-            trend_forecast(x, stride, experts, upto, out);
+            trend_forecast(x, stride, experts, upto, [out](int64_t e, double v) { out[e] = v; });
             return;
         case HistoryMode::Last:
         case HistoryMode::Auto:
@@ -158,6 +163,7 @@ void replay_errors(const double* x, int64_t stride, int64_t experts, int64_t win
             for (int64_t c = 0; c < count; ++c) {
                 const HistoryCandidate& cand = cands[c];
                 Moments m;
+                auto add = [&m, actual](int64_t e, double v) { m.add(v, actual[e]); };
                 switch (cand.mode) {
                     case HistoryMode::Ema: {
                         const int64_t a =
@@ -167,38 +173,13 @@ void replay_errors(const double* x, int64_t stride, int64_t experts, int64_t win
                         break;
                     }
                     case HistoryMode::Mean:
-                    case HistoryMode::Robust: {
-                        const int64_t n = std::min(cand.window, u);
-                        const double inv = static_cast<double>(n);
-                        const double* hi1 = s.s1.data() + u * experts;
-                        const double* lo1 = s.s1.data() + (u - n) * experts;
-                        if (cand.mode == HistoryMode::Mean) {
-                            for (int64_t e = 0; e < experts; ++e) {
-                                m.add((hi1[e] - lo1[e]) / inv, actual[e]);
-                            }
-                            break;
-                        }
-                        const double* hi2 = s.s2.data() + u * experts;
-                        const double* lo2 = s.s2.data() + (u - n) * experts;
-                        for (int64_t e = 0; e < experts; ++e) {
-                            const double mean = (hi1[e] - lo1[e]) / inv;
-                            const double v = (hi2[e] - lo2[e]) / inv - mean * mean;
-                            m.add(mean + cand.z * std::sqrt(std::max(v, 0.0)), actual[e]);
-                        }
+                    case HistoryMode::Robust:
+                        window_forecast(s, experts, u, cand.window,
+                                        cand.mode == HistoryMode::Mean ? -1.0 : cand.z, add);
                         break;
-                    }
-                    case HistoryMode::Trend: {
-                        if (u < 2) {
-                            for (int64_t e = 0; e < experts; ++e) m.add(newest[e], actual[e]);
-                            break;
-                        }
-                        const double* before = x + (u - 2) * stride;
-                        for (int64_t e = 0; e < experts; ++e) {
-                            m.add(std::max(0.0, newest[e] + 0.5 * (newest[e] - before[e])),
-                                  actual[e]);
-                        }
+                    case HistoryMode::Trend:
+                        trend_forecast(x, stride, experts, u, add);
                         break;
-                    }
                     case HistoryMode::Last:
                     case HistoryMode::Auto:
                         for (int64_t e = 0; e < experts; ++e) m.add(newest[e], actual[e]);
@@ -207,11 +188,9 @@ void replay_errors(const double* x, int64_t stride, int64_t experts, int64_t win
                 err[c] += share_error(m, total, squares, experts);
             }
         }
-        // Include window u in the running averages (the same arithmetic as forecast_layer).
+        // Include window u in the running averages.
         for (int64_t a = 0; a < kAlphaCount; ++a) {
-            double* avg = s.ema.data() + a * experts;
-            const double keep = 1.0 - kAlphas[a];
-            for (int64_t e = 0; e < experts; ++e) avg[e] = kAlphas[a] * actual[e] + keep * avg[e];
+            ema_step(s.ema.data() + a * experts, actual, kAlphas[a], experts);
         }
     }
 }
