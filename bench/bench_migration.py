@@ -7,8 +7,10 @@ per expert (sigma 0.05 "slow", 0.2 "moderate"; consecutive-window rank correlati
 Migration-aware: plan window i from plan i-1 (``old_phy2log``). Reported per configuration and
 drift: mean moves per rebalance (weight copies, whole model), balancedness (sum of layer means
 / sum of layer maxima, in-sample, averaged over windows) and median planning time, measured
-interleaved in one process; then the trade-off over ``max_moves``. Prints markdown and, with
---write, stores it in bench/MIGRATION.md.
+interleaved in one process; the copies per GPU that must change (GPUs whose load under the old
+placement at the new loads is above the re-plan's largest: each must take at least one new
+expert); then the trade-off over ``max_moves`` (per layer) and ``max_moves_total`` (whole
+model). Prints markdown and, with --write, stores it in bench/MIGRATION.md.
 
     python bench/bench_migration.py [--write] [--quick]
 """
@@ -83,6 +85,7 @@ def run(config: tuple, sigma: float | str, count: int) -> dict:
         "mig_bal": [],
         "fresh_ms": [],
         "mig_ms": [],
+        "must": [],
     }
     for w in ws[1:]:
         tf, fresh = timed(lambda: fasteplb.rebalance_experts(w, *shape)[0])
@@ -93,26 +96,38 @@ def run(config: tuple, sigma: float | str, count: int) -> dict:
         row["mig_moves"].append(int(fasteplb.moves(mig_prev, mig, gpus).sum()))
         row["fresh_bal"].append(fasteplb.balancedness(fresh, w, gpus))
         row["mig_bal"].append(fasteplb.balancedness(mig, w, gpus))
+        row["must"].append(must_change(mig_prev, mig, w, gpus))
         fresh_prev, mig_prev = fresh, mig
     out = {
         k: statistics.median(v) if k.endswith("_ms") else float(np.mean(v)) for k, v in row.items()
     }
     out["ratio"] = out["mig_moves"] / out["fresh_moves"]
+    out["per_must"] = out["mig_moves"] / max(out["must"], 1.0)
     return out
+
+
+def must_change(old, new, w: np.ndarray, gpus: int) -> int:
+    """GPUs, summed over layers, whose load under the old placement at the new loads is above
+    the new plan's largest GPU load: each must take at least one new expert."""
+    before = fasteplb.gpu_loads(old, w, gpus)
+    after = fasteplb.gpu_loads(new, w, gpus).max(axis=1, keepdims=True)
+    return int((before > after * (1 + 1e-12)).sum())
 
 
 def table_head(drift: str) -> list[str]:
     return [
-        f"| configuration | {drift} | fresh moves | migration moves | ratio | fresh bal. | "
-        "migration bal. | diff | fresh ms | migration ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| configuration | {drift} | fresh moves | migration moves | ratio | GPUs that must "
+        "change | copies per such GPU | fresh bal. | migration bal. | diff | fresh ms | "
+        "migration ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
 
 def table_row(config: tuple, drift: str, r: dict) -> str:
     return (
         f"| {config[0]} | {drift} | {r['fresh_moves']:.0f} | {r['mig_moves']:.0f} | "
-        f"{r['ratio']:.0%} | {r['fresh_bal']:.4f} | {r['mig_bal']:.4f} | "
+        f"{r['ratio']:.0%} | {r['must']:.0f} | {r['per_must']:.2f} | "
+        f"{r['fresh_bal']:.4f} | {r['mig_bal']:.4f} | "
         f"{r['mig_bal'] - r['fresh_bal']:+.4f} | {r['fresh_ms']:.2f} | {r['mig_ms']:.2f} |"
     )
 
@@ -140,6 +155,42 @@ def tradeoff(config: tuple, sigma: float, caps: list[int | None]) -> list[tuple]
             fasteplb.balancedness(fresh, ws[1], gpus),
         )
     )
+    return rows
+
+
+def total_curve(config: tuple, sigma: float, fractions: list[float]) -> list[tuple]:
+    """Model-wide budgets (fractions of the uncapped re-plan's copies) against the per-layer
+    budget that spreads the same copies evenly (max_moves = budget // layers): (budget, copies,
+    balancedness, ms) for each, one moderate-drift window."""
+    _, layers, experts, shape = config
+    gpus = shape[3]
+    ws = windows(layers, experts, sigma, 1, seed=11)
+    old = fasteplb.rebalance_experts(ws[0], *shape)[0]
+    full = fasteplb.rebalance_experts(ws[1], *shape, old_phy2log=old)[0]
+    uncapped = int(fasteplb.moves(old, full, gpus).sum())
+    rows = []
+    for frac in fractions:
+        budget = int(uncapped * frac)
+        t, total = timed(
+            lambda: fasteplb.rebalance_experts(
+                ws[1], *shape, old_phy2log=old, max_moves_total=budget
+            )[0],
+            3,
+        )
+        per = fasteplb.rebalance_experts(
+            ws[1], *shape, old_phy2log=old, max_moves=budget // layers
+        )[0]
+        rows.append(
+            (
+                budget,
+                int(fasteplb.moves(old, total, gpus).sum()),
+                fasteplb.balancedness(total, ws[1], gpus),
+                t * 1e3,
+                budget // layers,
+                int(fasteplb.moves(old, per, gpus).sum()),
+                fasteplb.balancedness(per, ws[1], gpus),
+            )
+        )
     return rows
 
 
@@ -189,6 +240,38 @@ def main() -> None:
         ]
         for cap, moves, bal in tradeoff(config, 0.2, [0, 1, 2, 4, 8, 16, None]):
             lines.append(f"| {cap} | {moves} | {bal:.4f} |")
+        lines.append("")
+    lines += [
+        "## Model-wide budget (max_moves_total) against the same copies per layer",
+        "",
+        "One moderate-drift window (sigma 0.2). *budget*: `max_moves_total`, a fraction of the "
+        "uncapped re-plan's copies; *gain per 1000 copies*: balancedness gained per 1000 "
+        "further copies since the row above (concave: it shrinks from row to row). *per layer*: "
+        "`max_moves` = budget // layers, the same copies spread evenly. *ms*: median of 3 calls "
+        "with `max_moves_total`.",
+        "",
+    ]
+    for config in CONFIGS:
+        lines += [
+            f"{config[0]}:",
+            "",
+            "| budget | copies | balancedness | gain per 1000 copies | ms | per layer | "
+            "copies | balancedness |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        fractions = [0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+        prev = None
+        for budget, moves, bal, ms, per, per_moves, per_bal in total_curve(config, 0.2, fractions):
+            gain = (
+                ""
+                if prev is None or moves == prev[0]
+                else (f"{(bal - prev[1]) / (moves - prev[0]) * 1000:.4f}")
+            )
+            prev = (moves, bal)
+            lines.append(
+                f"| {budget} | {moves} | {bal:.4f} | {gain} | {ms:.1f} | {per} | {per_moves} | "
+                f"{per_bal:.4f} |"
+            )
         lines.append("")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -128,7 +128,7 @@ py::tuple rebalance_experts(const py::array& weight, int64_t num_replicas, int64
                             int64_t num_nodes, int64_t num_gpus, const std::string& refine,
                             int swap_rounds, int num_threads,
                             const std::optional<Ints>& old_phy2log, int64_t max_moves,
-                            double min_gain, bool bfloat16) {
+                            double min_gain, bool bfloat16, int64_t max_moves_total) {
     const fasteplb::Options opt = make_options(refine, swap_rounds, num_threads);
     const std::vector<double> w = snapshot_weights(weight, bfloat16);
     const int64_t layers = weight.shape(0), experts = weight.shape(1);
@@ -142,6 +142,7 @@ py::tuple rebalance_experts(const py::array& weight, int64_t num_replicas, int64
         fasteplb::snapshot_ids(view_of(*old_phy2log, false, "old_phy2log"), old);
         mig.old_phy2log = old.data();
         mig.max_moves = max_moves;
+        mig.max_moves_total = max_moves_total;
         mig.min_gain = min_gain;
     }
     Ints phy2log = new_ints(layers, num_replicas);
@@ -277,7 +278,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("num_replicas"), py::arg("num_groups"), py::arg("num_nodes"), py::arg("num_gpus"),
           py::arg("refine") = "local", py::arg("swap_rounds") = 20, py::arg("num_threads") = 0,
           py::arg("old_phy2log").noconvert() = py::none(), py::arg("max_moves") = -1,
-          py::arg("min_gain") = 0.0, py::arg("bfloat16") = false,
+          py::arg("min_gain") = 0.0, py::arg("bfloat16") = false, py::arg("max_moves_total") = -1,
           "weight: [layers, experts] of any real or integer dtype (bfloat16: int16/uint16 bits "
           "with bfloat16=True), any strides -> (phy2log [layers, P], log2phy [layers, E, R], "
           "logcnt [layers, E]), all int64");

@@ -304,6 +304,17 @@ def test_old_plan_needs_fewer_copies_than_fresh(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "report", "--load", tmp_path / "b.npy", "--plan",
                            tmp_path / "kept.json", "--old", tmp_path / "a.json")  # fmt: skip
     assert code == 0 and f"expert copies from --old {copies_kept}" in out
+    # A model-wide budget caps the copies over all layers.
+    budget = copies_kept // 2
+    code, out, err = run_cli(capsys, "plan", "--load", tmp_path / "b.npy", *args, "--out",
+                             tmp_path / "capped.json", "--old", tmp_path / "a.json",
+                             "--max-moves-total", str(budget))  # fmt: skip
+    assert code == 0, err
+    capped = _cli.read_plan(str(tmp_path / "capped.json"))[0]
+    assert 0 < int(fasteplb.moves(a, capped, 4).sum()) <= budget
+    assert json.loads((tmp_path / "capped.json").read_text())["options"]["max_moves_total"] == (
+        budget
+    )
 
 
 def test_report_png(capsys, files):
@@ -396,6 +407,7 @@ def plan_error(capsys, files, *args, match=None, load="trace.npy", out="out.json
     (["--replicas", "24", "--gpus", "4", "--threads", "x"], r"--threads"),
     (["--replicas", "24", "--gpus", "4", "--refine", "best"], r"invalid choice: 'best'"),
     (["--replicas", "24", "--gpus", "4", "--max-moves", "3"], r"need --old"),
+    (["--replicas", "24", "--gpus", "4", "--max-moves-total", "3"], r"need --old"),
     (["--replicas", "24", "--gpus", "4", "--format", "yaml"], r"unknown format 'yaml'"),
     (["--replicas", "24", "--gpus", "4", "--format", "deepseek"],
      r"--format deepseek is written as \.pt or \.npz"),

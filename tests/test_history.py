@@ -229,8 +229,13 @@ def test_planner_errors_and_thread_guard():
     with pytest.raises(ValueError, match=r"finite and non-negative; found -1 at \[1, 3\]"):
         planner.plan(bad)
     assert planner.windows == 1  # the bad window was not kept
-    with pytest.raises(ValueError, match="max_moves and min_gain need migrate=True"):
-        fasteplb.Planner(8, 1, 1, 2, max_moves=3)
+    for budget in ({"max_moves": 3}, {"max_moves_total": 30}):
+        with pytest.raises(ValueError, match="max_moves_total and min_gain need migrate=True"):
+            fasteplb.Planner(8, 1, 1, 2, **budget)
+    capped = fasteplb.Planner(8, 1, 1, 2, migrate=True, max_moves_total=0)
+    first = capped.plan(np.arange(1.0, 9.0).reshape(1, 8))[0]
+    again = capped.plan(np.arange(8.0, 0.0, -1.0).reshape(1, 8))[0]
+    assert np.array_equal(first, again)  # no copies allowed: the placement stays
     with pytest.raises(ValueError, match="keep must be >= 1"):
         fasteplb.Planner(8, 1, 1, 2, keep=0)
     # one thread at a time: a call while another runs raises instead of mixing histories

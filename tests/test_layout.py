@@ -26,7 +26,8 @@ LEVELS = {
     "fasteplb/detail/sort.hpp": 2,  # ranked sort and merges
     "fasteplb/detail/replicate.hpp": 2,  # stage 2: replica counts
     "fasteplb/detail/history.hpp": 2,  # forecasting the next window from past ones
-    "fasteplb/detail/packing.hpp": 2,  # stage 3's state
+    "fasteplb/detail/packing.hpp": 2,
+    "fasteplb/detail/budget.hpp": 2,  # a model-wide copy budget over the layers  # stage 3's state
     "fasteplb/detail/local_search.hpp": 3,  # stage 3: the local search
     "fasteplb/detail/pack.hpp": 4,  # stage 3: LPT, seed swaps, refine="local"
     "fasteplb/detail/split.hpp": 5,  # stage 1: groups -> nodes

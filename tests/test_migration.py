@@ -161,6 +161,72 @@ def test_drift_few_moves_good_balance(shape):
     assert mig_moves < 0.35 * fresh_moves
 
 
+@given(
+    configs(),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1, 3, 10, 40, 10**6]),
+    st.sampled_from([None, 0, 2, 8]),
+)
+@fuzz(120)
+def test_model_wide_budget(cfg, seed, total, max_moves):
+    old = fasteplb.rebalance_experts(cfg.weight, *cfg.sizes)[0]
+    w = drifted(cfg.weight, 0.5, seed)
+    common = {"old_phy2log": old, "max_moves": max_moves}
+    out = fasteplb.rebalance_experts(w, *cfg.sizes, max_moves_total=total, **common)
+    check_plan(w, *out, *cfg.sizes)
+    kept_slots_hold(old, out[0], cfg.num_gpus)
+    moves = fasteplb.moves(old, out[0], cfg.num_gpus)
+    assert moves.sum() <= total
+    if max_moves is not None:
+        assert moves.max() <= max_moves
+    before = fasteplb.gpu_loads(old, w, cfg.num_gpus).max(axis=1)
+    after = fasteplb.gpu_loads(out[0], w, cfg.num_gpus).max(axis=1)
+    assert (after <= before * (1 + 1e-12)).all()
+    # A budget that covers the per-layer plan removes at least as much load as that plan.
+    alone = fasteplb.rebalance_experts(w, *cfg.sizes, **common)[0]
+    if fasteplb.moves(old, alone, cfg.num_gpus).sum() <= total:
+        peaks = fasteplb.gpu_loads(alone, w, cfg.num_gpus).max(axis=1)
+        assert after.sum() <= peaks.sum() * (1 + 1e-9)
+    for threads in (1, 3):
+        again = fasteplb.rebalance_experts(
+            w, *cfg.sizes, max_moves_total=total, num_threads=threads, **common
+        )
+        for a, b in zip(again, out):
+            assert np.array_equal(a, b)
+
+
+def test_model_wide_budget_curve_is_concave():
+    """Each further copy of a model-wide budget buys no more balance than the one before (the
+    sum of the layers' largest loads, what the budget is spent on, at budgets in equal steps)."""
+    rng = np.random.default_rng(5)
+    w0 = rng.lognormal(0.0, 1.0, (12, 64)) * 100
+    w1 = w0 * np.exp(rng.normal(0.0, 0.2, w0.shape))
+    shape = (96, 1, 1, 32)
+    old = fasteplb.rebalance_experts(w0, *shape)[0]
+    full = fasteplb.rebalance_experts(w1, *shape, old_phy2log=old)[0]
+    uncapped = int(fasteplb.moves(old, full, 32).sum())
+    assert uncapped >= 40
+    sums = []
+    for step in range(6):
+        total = uncapped * step // 10
+        new = fasteplb.rebalance_experts(w1, *shape, old_phy2log=old, max_moves_total=total)[0]
+        assert fasteplb.moves(old, new, 32).sum() <= total
+        sums.append(fasteplb.gpu_loads(new, w1, 32).max(axis=1).sum())
+    gains = -np.diff(sums)
+    assert (gains >= 0).all()
+    assert (np.diff(gains) <= 1e-9 * sums[0]).all(), gains
+
+
+def test_model_wide_budget_unchanged_loads_zero_moves():
+    rng = np.random.default_rng(9)
+    w = rng.lognormal(0.0, 1.0, (6, 128)) * 1000
+    shape = (192, 1, 1, 64)
+    old = fasteplb.rebalance_experts(w, *shape)[0]
+    for total in (0, 5, 10**9):
+        new = fasteplb.rebalance_experts(w, *shape, old_phy2log=old, max_moves_total=total)[0]
+        assert fasteplb.moves(old, new, 64).sum() == 0
+
+
 @given(configs(), st.integers(0, 2**32 - 1))
 @fuzz(40)
 def test_threads_and_repeats_agree(cfg, seed):
@@ -209,6 +275,10 @@ def test_torch_and_list_inputs():
         ("ok", {"min_gain": float("nan")}, ValueError, r"min_gain must be in \[0, 1\)"),
         ("ok", {"min_gain": "0.1"}, TypeError, r"min_gain must be a number"),
         (None, {"max_moves": 3}, ValueError, r"max_moves needs old_phy2log"),
+        (None, {"max_moves_total": 3}, ValueError, r"max_moves_total needs old_phy2log"),
+        ("ok", {"max_moves_total": -1}, ValueError, r"max_moves_total must be >= 0"),
+        ("ok", {"max_moves_total": True}, TypeError, r"max_moves_total must be an integer"),
+        ("ok", {"max_moves_total": 2.0}, TypeError, r"max_moves_total must be an integer"),
         ("ok", {"refine": "swap"}, ValueError, r"refine='local' or 'none'"),
         (None, {"min_gain": 0.1}, ValueError, r"min_gain needs old_phy2log"),
     ],

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "fasteplb/checks.hpp"
+#include "fasteplb/detail/budget.hpp"
 #include "fasteplb/detail/history.hpp"
 #include "fasteplb/detail/layer.hpp"
 #include "fasteplb/detail/migrate.hpp"
@@ -66,6 +67,47 @@ void plan_layers(int64_t layers, int64_t experts, int64_t num_replicas, int thre
                 out[e * max_cnt + phyrank[l * num_replicas + p]] = p;
             }
         });
+}
+
+// A model-wide copy budget: each layer re-planned at the per-layer budgets of budget_grid,
+// the total shared out over the layers by allocate_moves, then each layer re-planned at its
+// share, which reproduces that point's plan (the planner is deterministic).
+void migrate_within_total(const double* weight, int64_t layers, int64_t experts,
+                          const detail::Shape& sh, const Options& opt, const Migration& mig,
+                          int threads, int64_t* phy2log, int64_t* phyrank, int64_t* logcnt,
+                          const Log2PhyAlloc& alloc) {
+    const int64_t P = sh.replicas;
+    std::vector<std::vector<detail::BudgetPoint>> points(static_cast<size_t>(layers));
+    struct Scratch {
+        detail::MigrateScratch migrate;
+        std::vector<int64_t> budgets;
+    };
+    auto plan = [&](detail::MigrateScratch& s, int64_t l, int64_t budget) {
+        Migration m = mig;
+        m.max_moves = budget;
+        return detail::migrate_layer(weight + l * experts, mig.old_phy2log + l * P, sh, opt, m, s,
+                                     phy2log + l * P, phyrank + l * P, logcnt + l * experts);
+    };
+    parallel_rows(
+        layers, threads, [] { return Scratch{}; },
+        [&](Scratch& s, int64_t l) {
+            const detail::LayerOutcome full = plan(s.migrate, l, mig.max_moves);
+            detail::budget_grid(full.moves, s.budgets);
+            std::vector<detail::BudgetPoint>& pts = points[l];
+            for (const int64_t b : s.budgets) {
+                if (b == full.moves) {
+                    pts.push_back(detail::BudgetPoint{mig.max_moves, full.moves, full.peak});
+                    break;
+                }
+                const detail::LayerOutcome o = plan(s.migrate, l, b);
+                pts.push_back(detail::BudgetPoint{b, o.moves, o.peak});
+            }
+        });
+    const std::vector<int64_t> chosen = detail::allocate_moves(points, mig.max_moves_total);
+    plan_layers<detail::MigrateScratch>(
+        layers, experts, P, threads,
+        [&](detail::MigrateScratch& s, int64_t l) { plan(s, l, points[l][chosen[l]].budget); },
+        phy2log, phyrank, logcnt, alloc);
 }
 
 }  // namespace
@@ -141,6 +183,11 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts, in
     detail::Shape sh{experts, num_replicas, num_groups, num_nodes, num_gpus};
     if (num_groups % num_nodes != 0) sh.groups = sh.nodes = 1;  // global policy
     const int threads = threads_for(opt, layers, num_replicas);
+    if (mig.old_phy2log != nullptr && mig.max_moves_total >= 0) {
+        migrate_within_total(weight, layers, experts, sh, opt, mig, threads, phy2log, phyrank,
+                             logcnt, alloc);
+        return;
+    }
     if (mig.old_phy2log != nullptr) {
         plan_layers<detail::MigrateScratch>(
             layers, experts, num_replicas, threads,

@@ -28,6 +28,7 @@ Refine parse_refine(const std::string& name);
 struct Migration {
     const int64_t* old_phy2log = nullptr;  // [layers, num_replicas]; nullptr: plan afresh
     int64_t max_moves = -1;                // most moves per layer; < 0: no cap
+    int64_t max_moves_total = -1;          // most moves over all layers; < 0: no cap
     double min_gain = 0.0;  // keep a layer's old placement unless its largest GPU load drops
                             // by more than this fraction (0: unless it drops at all)
 };

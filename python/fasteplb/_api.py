@@ -22,6 +22,7 @@ def rebalance_experts(
     max_moves: Optional[int] = None,
     min_gain: Optional[float] = None,
     enable_hierarchical: Optional[bool] = None,
+    max_moves_total: Optional[int] = None,
     history: Optional[str] = None,
     alpha: float = 0.5,
     window: int = 8,
@@ -61,6 +62,12 @@ def rebalance_experts(
             supported here.
         max_moves: most weight copies per layer (a copy: an expert new to a GPU); 0 keeps
             the old placement. None: no cap, but the fewest copies for the balance reached.
+        max_moves_total: most weight copies over all layers together (engines move weights in
+            bulk, per rebalance). Spent where each copy removes the most load from a layer's
+            busiest GPU: every layer is re-planned at per-layer budgets 0, 1, 2, 4, 8, 12, 16,
+            24, ... (within ``max_moves``), and the budget goes greedily to the steps that lower
+            the sum of the layers' largest loads most per copy, so each further copy buys no
+            more than the one before. Costs about 10-12 re-plans per layer. None: no cap.
         min_gain: keep a layer's old placement unless re-planning lowers its largest GPU
             load by more than this fraction, in [0, 1) (None: 0, keep it unless it improves)
         enable_hierarchical: the policy switch of SGLang's copy of DeepSeek's planner
@@ -110,8 +117,8 @@ def rebalance_experts(
             f"enable_hierarchical=True needs num_groups ({sizes[1]}) divisible by num_nodes "
             f"({sizes[2]})"
         )
-    old, moves, gain = _checks.migration(
-        old_phy2log, max_moves, min_gain, layers, sizes[0], experts
+    old, moves, gain, total = _checks.migration(
+        old_phy2log, max_moves, min_gain, layers, sizes[0], experts, max_moves_total
     )
     if old is not None and refine == "swap":
         raise ValueError("old_phy2log works with refine='local' or 'none', not 'swap'")
@@ -121,7 +128,7 @@ def rebalance_experts(
         bfloat16 = False
     return w.wrap(
         *_core.rebalance_experts(
-            view, *sizes, refine, swap_rounds, threads, old, moves, gain, bfloat16
+            view, *sizes, refine, swap_rounds, threads, old, moves, gain, bfloat16, total
         )
     )
 

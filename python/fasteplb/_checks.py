@@ -413,14 +413,17 @@ def migration(
     layers: int,
     num_replicas: int,
     experts: Optional[int] = None,
-) -> tuple[Any, int, float]:
+    max_moves_total: Any = None,
+) -> tuple[Any, int, float, int]:
     """Checks rebalance_experts' migration options; returns (old [layers, P] int64 C-contiguous
-    numpy or None, max_moves (-1: no cap), min_gain). Expert ids are checked by the core."""
+    numpy or None, max_moves (-1: no cap), min_gain, max_moves_total (-1: no cap)). Expert ids
+    are checked by the core."""
     if old_phy2log is None:
-        for name, value in (("max_moves", max_moves), ("min_gain", min_gain)):
+        options = (("max_moves", max_moves), ("max_moves_total", max_moves_total))
+        for name, value in (*options, ("min_gain", min_gain)):
             if value is not None:
                 raise ValueError(f"{name} needs old_phy2log (the current placement)")
-        return None, -1, 0.0
+        return None, -1, 0.0, -1
     old = expert_ids(old_phy2log, "old_phy2log")
     if old.shape != (layers, num_replicas):
         raise ValueError(
@@ -431,6 +434,11 @@ def migration(
         id_range(old, experts, "old_phy2log")
     old = np.ascontiguousarray(old, dtype=np.int64)
     moves = -1 if max_moves is None else min(count("max_moves", max_moves, minimum=0), INT64_MAX)
+    total = (
+        -1
+        if max_moves_total is None
+        else min(count("max_moves_total", max_moves_total, minimum=0), INT64_MAX)
+    )
     if min_gain is None:
         gain = 0.0
     else:
@@ -441,4 +449,4 @@ def migration(
         gain = float(min_gain)
         if not 0.0 <= gain < 1.0:
             raise ValueError(f"min_gain must be in [0, 1), got {min_gain}")
-    return old, moves, gain
+    return old, moves, gain, total

@@ -162,6 +162,7 @@ _OPTION_NAMES = {
     "num_groups": "--groups",
     "old_phy2log": "--old",
     "max_moves": "--max-moves",
+    "max_moves_total": "--max-moves-total",
     "min_gain": "--min-gain",
     "num_threads": "--threads",
     "weight": "--load",
@@ -650,12 +651,13 @@ CHUNK_SLOTS = 1 << 20
 def plan_layers(
     weight: np.ndarray, sizes: tuple[int, int, int, int], options: dict[str, Any], old: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """rebalance_experts over all layers, in chunks of layers when the input is big."""
+    """rebalance_experts over all layers, in chunks of layers when the input is big (not with
+    a model-wide copy budget, which is shared out over all layers in one call)."""
     from . import rebalance_experts
 
     layers = weight.shape[0]
     per_chunk = max(1, CHUNK_SLOTS // sizes[0])
-    if layers <= per_chunk:
+    if layers <= per_chunk or "max_moves_total" in options:
         with _library():
             return rebalance_experts(weight, *sizes, old_phy2log=old, **options)
     parts = []
@@ -711,8 +713,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _divides("--gpus", G, "--nodes", N)
     if args.refine == "swap" and args.old is not None:
         raise UserError("--old works with --refine local or none, not swap")
-    if args.old is None and (args.max_moves is not None or args.min_gain is not None):
-        raise UserError("--max-moves and --min-gain need --old (the current placement)")
+    budgets = (args.max_moves, args.max_moves_total, args.min_gain)
+    if args.old is None and any(b is not None for b in budgets):
+        raise UserError(
+            "--max-moves, --max-moves-total and --min-gain need --old (the current placement)"
+        )
     if args.min_gain is not None and not 0.0 <= args.min_gain < 1.0:
         raise UserError(f"--min-gain must be in [0, 1), got {args.min_gain:g}")
     _check_input(args.load, "--load", dump_dir=True)
@@ -749,6 +754,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"refine": args.refine, "num_threads": args.threads}
     if args.max_moves is not None:
         options["max_moves"] = args.max_moves
+    if args.max_moves_total is not None:
+        options["max_moves_total"] = args.max_moves_total
     if args.min_gain is not None:
         options["min_gain"] = args.min_gain
     plan = plan_layers(weight, (P, K, N, G), options, old)
@@ -768,6 +775,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "history": args.history,
             "forecast": forecast,
             "max_moves": args.max_moves,
+            "max_moves_total": args.max_moves_total,
             "min_gain": args.min_gain,
             "load": os.path.abspath(args.load),
             "old": None if args.old is None else os.path.abspath(args.old),
@@ -1050,6 +1058,9 @@ def add_commands(sub: Any) -> None:
                    "experts stay on their GPUs unless moving them pays off")  # fmt: skip
     p.add_argument("--max-moves", type=_positive("max_moves", 0), metavar="M",
                    help="with --old: most expert copies per layer")  # fmt: skip
+    p.add_argument("--max-moves-total", type=_positive("max_moves_total", 0), metavar="M",
+                   help="with --old: most expert copies over all layers, spent where they "
+                   "lower the busiest GPUs most")  # fmt: skip
     p.add_argument("--min-gain", type=_fraction, metavar="F",
                    help="with --old: keep a layer unless its largest GPU load drops by more "
                    "than this fraction")  # fmt: skip

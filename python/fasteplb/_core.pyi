@@ -23,6 +23,7 @@ def rebalance_experts(
     max_moves: int = -1,
     min_gain: float = 0.0,
     bfloat16: bool = False,
+    max_moves_total: int = -1,
 ) -> tuple[_I64, _I64, _I64]: ...
 def balanced_packing(
     weight: npt.NDArray[np.generic],

@@ -23,7 +23,7 @@ class Planner:
     per call the forecast (last window, moving averages, means of 2-32 windows, mean + std,
     trend) that would have predicted the recent windows best. With ``migrate=True`` each plan
     after the first starts from the previous one (``old_phy2log``, ``max_moves``,
-    ``min_gain``).
+    ``max_moves_total``, ``min_gain``).
 
     Not thread-safe: call it from one thread at a time (a concurrent call raises
     RuntimeError instead of mixing two histories). :func:`fasteplb.rebalance_experts`
@@ -33,7 +33,8 @@ class Planner:
         num_replicas, num_groups, num_nodes, num_gpus: as rebalance_experts
         history, alpha, window, z, replays: the forecast (see :func:`fasteplb.forecast_load`)
         keep: windows kept (default 40: the longest candidate, 32 windows, replayed 8 times)
-        migrate, max_moves, min_gain: plan from the previous plan (see rebalance_experts)
+        migrate, max_moves, max_moves_total, min_gain: plan from the previous plan (see
+            rebalance_experts)
         refine, swap_rounds, num_threads, enable_hierarchical: as rebalance_experts
     """
 
@@ -53,6 +54,7 @@ class Planner:
         migrate: bool = False,
         max_moves: Optional[int] = None,
         min_gain: Optional[float] = None,
+        max_moves_total: Optional[int] = None,
         refine: str = "local",
         swap_rounds: int = 20,
         num_threads: Optional[int] = None,
@@ -64,8 +66,9 @@ class Planner:
             raise ValueError(f"keep must be <= {_checks.MAX_HISTORY_WINDOWS}, got {keep}")
         if not isinstance(migrate, bool):
             raise TypeError(f"migrate must be a bool, got {type(migrate).__name__}")
-        if not migrate and (max_moves is not None or min_gain is not None):
-            raise ValueError("max_moves and min_gain need migrate=True")
+        budgets = (max_moves, min_gain, max_moves_total)
+        if not migrate and any(b is not None for b in budgets):
+            raise ValueError("max_moves, max_moves_total and min_gain need migrate=True")
         _checks.options(refine, swap_rounds)
         self._sizes = (num_replicas, num_groups, num_nodes, num_gpus)
         self._options = {
@@ -74,7 +77,7 @@ class Planner:
             "num_threads": num_threads,
             "enable_hierarchical": enable_hierarchical,
         }
-        self._migrate = (migrate, max_moves, min_gain)
+        self._migrate = (migrate, max_moves, min_gain, max_moves_total)
         # [2 * keep, layers, experts] float64; the history is _buffer[_end - _count : _end].
         # Twice the room, so that the windows move to the front once every `keep` calls
         # instead of shifting on every call.
@@ -141,9 +144,13 @@ class Planner:
                 replays=replays,
                 num_threads=self._options["num_threads"],
             )
-            migrate, max_moves, min_gain = self._migrate
+            migrate, max_moves, min_gain, total = self._migrate
             old = self._phy2log if migrate else None
-            extra = {"max_moves": max_moves, "min_gain": min_gain} if old is not None else {}
+            extra = (
+                {"max_moves": max_moves, "min_gain": min_gain, "max_moves_total": total}
+                if old is not None
+                else {}
+            )
             plan = _api.rebalance_experts(
                 forecast, *self._sizes, old_phy2log=old, **self._options, **extra
             )

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "check.hpp"
+#include "fasteplb/detail/budget.hpp"
 #include "fasteplb/detail/history.hpp"
 #include "fasteplb/detail/layer.hpp"
 #include "fasteplb/detail/local_search.hpp"
@@ -607,6 +608,60 @@ void test_budget_shares() {
     CHECK(Options{}.swap_rounds == 20);
 }
 
+// ---- model-wide copy budget --------------------------------------------------------------
+
+void test_allocate(int cases) {
+    Rng rng(31);
+    g_context = "budget_grid";
+    I64 grid;
+    budget_grid(0, grid);
+    CHECK(grid == I64{0});
+    budget_grid(5, grid);
+    CHECK((grid == I64{0, 1, 2, 4, 5}));
+    budget_grid(8, grid);
+    CHECK((grid == I64{0, 1, 2, 4, 8}));
+    budget_grid(40, grid);
+    CHECK((grid == I64{0, 1, 2, 4, 8, 12, 16, 24, 32, 40}));
+    g_context = "allocate_moves";
+    for (int t = 0; t < cases; ++t) {
+        const int64_t layers = pick(rng, 1, 5);
+        std::vector<std::vector<BudgetPoint>> points(static_cast<size_t>(layers));
+        int64_t most = 0;
+        for (auto& pts : points) {
+            const double start = static_cast<double>(pick(rng, 50, 100));
+            pts.push_back(BudgetPoint{0, 0, start});
+            const int64_t n = pick(rng, 0, 6);
+            int64_t top = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t moves = pick(rng, 0, 12);
+                // Some points copy without gaining, as capped re-plans can.
+                const double peak = start - static_cast<double>(pick(rng, 0, 40));
+                pts.push_back(BudgetPoint{i + 1, moves, peak});
+                top = std::max(top, moves);
+            }
+            most += top;
+        }
+        for (const int64_t total : {int64_t{0}, pick(rng, 0, most), most}) {
+            const I64 chosen = allocate_moves(points, total);
+            CHECK(static_cast<int64_t>(chosen.size()) == layers);
+            int64_t spent = 0;
+            for (int64_t l = 0; l < layers; ++l) {
+                CHECK(chosen[l] >= 0 && chosen[l] < static_cast<int64_t>(points[l].size()));
+                const BudgetPoint& c = points[l][chosen[l]];
+                spent += c.moves;
+                // A chosen point never has a higher peak than the old placement.
+                CHECK(c.peak <= points[l][0].peak);
+                if (total == most) {  // everything fits: each layer's lowest peak
+                    double low = points[l][0].peak;
+                    for (const BudgetPoint& p : points[l]) low = std::min(low, p.peak);
+                    CHECK(c.peak == low);
+                }
+            }
+            CHECK(spent <= total);
+        }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -630,6 +685,7 @@ int main(int argc, char** argv) {
     test_layers(count(200));
     test_history(count(200));
     test_budget_shares();
+    test_allocate(count(300));
     std::printf("%ld passed, %ld failed\n", g_passed, g_failed);
     return g_failed == 0 ? 0 : 1;
 }

@@ -12,10 +12,10 @@ import numpy as np
 
 from .. import _api
 
-# Options forwarded to fasteplb.rebalance_experts; the last two need an old placement.
+# Options forwarded to fasteplb.rebalance_experts; MIGRATION_OPTIONS need an old placement.
 HISTORY_OPTIONS = ("history", "alpha", "window", "z", "replays")
-PLAN_OPTIONS = ("refine", "swap_rounds", "num_threads", "max_moves", "min_gain", *HISTORY_OPTIONS)
-MIGRATION_OPTIONS = ("max_moves", "min_gain")
+MIGRATION_OPTIONS = ("max_moves", "max_moves_total", "min_gain")
+PLAN_OPTIONS = ("refine", "swap_rounds", "num_threads", *MIGRATION_OPTIONS, *HISTORY_OPTIONS)
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")

@@ -97,8 +97,8 @@ def rebalance_experts(
             are the history the next window's load is forecast from
             (:func:`fasteplb.forecast_load`) instead of summing all T steps
         **options: fasteplb.rebalance_experts options (``refine``, ``swap_rounds``,
-            ``num_threads``, ``max_moves``, ``min_gain``, ``history``, ``alpha``,
-            ``window``, ``z``, ``replays``)
+            ``num_threads``, ``max_moves``, ``max_moves_total``, ``min_gain``, ``history``,
+            ``alpha``, ``window``, ``z``, ``replays``)
 
     Returns:
         (phy2log [L, P], log2phy [L, E, R] -1 padded, logcnt [L, E]), int64: torch tensors on

@@ -167,7 +167,8 @@ def register(policies: Optional[dict[str, Any]] = None, **options: Any) -> type:
         policies: the registry to patch (default: vLLM's ``EPLB_POLICIES``, imported now);
             vLLM reads it when a model is added, so register before the engine starts
         **options: fasteplb.rebalance_experts options for every rebalance: ``refine``,
-            ``swap_rounds``, ``num_threads``, ``max_moves``, ``min_gain`` (checked now);
+            ``swap_rounds``, ``num_threads``, ``max_moves``, ``max_moves_total``,
+            ``min_gain`` (checked now);
             ``history`` (and ``alpha``, ``window``, ``z``, ``replays``): keep the load
             window of each rebalance (the last 40) and plan for the next window from them
             (fasteplb.forecast_load; e.g. ``history="auto"``)
