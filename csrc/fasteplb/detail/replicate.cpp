@@ -103,6 +103,20 @@ void deal_starts(const int64_t* cnt, PairScratch& s) {
 // The deal's per-GPU sums from its replicas r, round by round in dealing order, so that each
 // sum is rounded as LPT's would be.
 void deal_sums(const double* r, int64_t gpus, int64_t c, double* sum) {
+    if (gpus < 8) {    // too few GPUs for the vector loops below to pay for their set-up
+        if (c == 3) {  // the same additions, in the same order, as the general loop
+            for (int64_t g = 0; g < gpus; ++g) {
+                sum[g] = r[g] + r[2 * gpus - 1 - g] + r[2 * gpus + g];
+            }
+            return;
+        }
+        for (int64_t g = 0; g < gpus; ++g) {
+            double x = r[g];
+            for (int64_t j = 1; j < c; ++j) x += r[j * gpus + (j % 2 == 1 ? gpus - 1 - g : g)];
+            sum[g] = x;
+        }
+        return;
+    }
     for (int64_t g = 0; g < gpus; ++g) sum[g] = r[g];
     for (int64_t round = 1; round < c; ++round) {
         const double* block = r + round * gpus;
@@ -127,7 +141,17 @@ void trial_deal(int64_t lo, int64_t hi, const int64_t* cnt, int64_t gpus, int64_
     s.saved_replica.assign(r + first, r + last);
     s.saved_sums.assign(s.sums.begin(), s.sums.end());
     int64_t k = first;
-    for (int64_t i = lo; i <= hi; ++i) {
+    // As dealt_peak: four writes without a loop, those past an expert's run overwritten by
+    // the next experts, while all four land inside the re-dealt slots (those after stay).
+    constexpr int64_t kUnrolled = 4;
+    int64_t i = lo;
+    for (; i <= hi && k + kUnrolled <= last; ++i) {
+        const int64_t e = order[i];
+        for (int64_t t = 0; t < kUnrolled; ++t) r[k + t] = q[e];
+        for (int64_t t = kUnrolled; t < cnt[e]; ++t) r[k + t] = q[e];
+        k += cnt[e];
+    }
+    for (; i <= hi; ++i) {
         const int64_t e = order[i];
         for (int64_t t = 0; t < cnt[e]; ++t) r[k + t] = q[e];
         k += cnt[e];
@@ -274,6 +298,29 @@ Deal dealt_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>&
     return Deal{peak, top, c >= 2 ? owner[2 * gpus - 1 - g_peak] : top};
 }
 
+namespace {
+
+// dealt_peak's peak, without the owners (s.replica and s.sums only).
+double deal_loads(const double* q, const int64_t* cnt, const std::vector<int64_t>& order,
+                  int64_t gpus, int64_t c, PairScratch& s) {
+    constexpr int64_t kUnrolled = 4;  // as dealt_peak
+    double* r = s.replica.data();
+    int64_t k = 0;
+    for (const int64_t e : order) {
+        const int64_t n = cnt[e];
+        for (int64_t t = 0; t < kUnrolled; ++t) r[k + t] = q[e];
+        for (int64_t t = kUnrolled; t < n; ++t) r[k + t] = q[e];
+        k += n;
+    }
+    double* sum = s.sums.data();
+    deal_sums(r, gpus, c, sum);
+    double peak = sum[0];
+    for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
+    return peak;
+}
+
+}  // namespace
+
 // A local search that moves one replica at a time from a donor (among the few experts whose
 // replicas would grow least) to an expert of the heaviest GPU, re-evaluating the deal exactly
 // (at k = 3 through the zig-zag proxy), and takes the first move that lowers the heaviest
@@ -292,22 +339,27 @@ CountSearch improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, 
               [q](int64_t x, int64_t y) { return q[x] > q[y] || (q[x] == q[y] && x < y); });
     s.pos.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) s.pos[s.order[i]] = i;
+    // Small deals are cheaper dealt afresh for each trial than re-dealt in part and undone.
+    const bool incremental = slots >= kIncrementalDeal;
     // One replica of `from` goes to `to`; returns the places lo..hi of the order whose experts
     // changed (each recount moves one expert and shifts those in between).
     auto shift = [&](int64_t from, int64_t to) {
-        const int64_t from0 = s.pos[from], to0 = s.pos[to];
         --cnt[from];
         ++cnt[to];
+        const int64_t from0 = s.pos[from], to0 = s.pos[to];
         recount(w, cnt, s, from);
         const int64_t from1 = s.pos[from], to1 = s.pos[to];
         recount(w, cnt, s, to);
         return std::make_pair(std::min({from0, from1, to0, to1, s.pos[from], s.pos[to]}),
                               std::max({from0, from1, to0, to1, s.pos[from], s.pos[to]}));
     };
-    // Small deals are cheaper dealt afresh for each trial than re-dealt in part and undone.
-    const bool incremental = slots >= kIncrementalDeal;
     Deal deal = dealt_peak(q, cnt, s.order, gpus, c, s);
-    if (incremental) deal_starts(cnt, s);
+    if (incremental) {
+        deal_starts(cnt, s);
+    } else {
+        s.saved_order.resize(static_cast<size_t>(n));
+        s.saved_pos.resize(static_cast<size_t>(n));
+    }
     int64_t ties = at_peak(s, deal.peak);
     const double start = deal.peak;
     if (start_loads != nullptr) start_loads->assign(s.replica.begin(), s.replica.begin() + slots);
@@ -327,18 +379,37 @@ CountSearch improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, 
             for (int d = 0; d < donors.found; ++d) {
                 const int64_t a = donors.expert[d];
                 if (a == b) continue;
-                const auto [lo, hi] = shift(a, b);
-                double peak = 0.0;
-                Deal trial{};
-                if (incremental) {
-                    trial_deal(lo, hi, cnt, gpus, c, s);
-                    peak = trial_peak(s, gpus);
-                } else {
-                    trial = dealt_peak(q, cnt, s.order, gpus, c, s);
-                    peak = trial.peak;
+                if (!incremental) {
+                    // A small deal: the trial's loads dealt afresh (owners only if kept), the
+                    // order restored from a copy.
+                    const double qa = q[a], qb = q[b];
+                    std::copy(s.order.begin(), s.order.end(), s.saved_order.begin());
+                    std::copy(s.pos.begin(), s.pos.end(), s.saved_pos.begin());
+                    --cnt[a];
+                    ++cnt[b];
+                    recount(w, cnt, s, a);
+                    recount(w, cnt, s, b);
+                    const double peak = deal_loads(q, cnt, s.order, gpus, c, s);
+                    if (peak < deal.peak || (peak == deal.peak && at_peak(s, peak) < ties)) {
+                        deal = dealt_peak(q, cnt, s.order, gpus, c, s);
+                        ties = at_peak(s, deal.peak);
+                        worst_gpus(s, gpus, c);
+                        moved = true;
+                        break;
+                    }
+                    ++cnt[a];
+                    --cnt[b];
+                    s.q[a] = qa;
+                    s.q[b] = qb;
+                    std::copy(s.saved_order.begin(), s.saved_order.end(), s.order.begin());
+                    std::copy(s.saved_pos.begin(), s.saved_pos.end(), s.pos.begin());
+                    continue;
                 }
+                const auto [lo, hi] = shift(a, b);
+                trial_deal(lo, hi, cnt, gpus, c, s);
+                const double peak = trial_peak(s, gpus);
                 if (peak < deal.peak || (peak == deal.peak && at_peak(s, peak) < ties)) {
-                    deal = incremental ? keep_trial(lo, hi, cnt, gpus, c, s) : trial;
+                    deal = keep_trial(lo, hi, cnt, gpus, c, s);
                     ties = at_peak(s, deal.peak);
                     worst_gpus(s, gpus, c);
                     moved = true;
@@ -346,7 +417,7 @@ CountSearch improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, 
                 }
                 // Undo: the order is a strict total order, so re-sorting restores it exactly.
                 shift(b, a);
-                if (incremental) undo_trial(lo, s);
+                undo_trial(lo, s);
             }
         }
         if (!moved) break;
