@@ -50,9 +50,10 @@ void worst_gpus(PairScratch& s, int64_t gpus, int64_t c) {
 // How many GPUs of the last dealt_peak reach `peak` (the tie-breaking objective: fewer GPUs
 // at the peak is progress too).
 int64_t at_peak(const PairScratch& s, double peak) {
-    int64_t ties = 0;
-    for (const double x : s.sums) ties += x == peak;
-    return ties;
+    // Counted in a double (exact below 2^53), which the compiler can vectorise.
+    double ties = 0.0;
+    for (const double x : s.sums) ties += x == peak ? 1.0 : 0.0;
+    return static_cast<int64_t>(ties);
 }
 
 // Up to kDonors experts with >= 2 replicas whose heaviest GPU has the most room left for the
@@ -164,6 +165,10 @@ void trial_deal(int64_t lo, int64_t hi, const int64_t* cnt, int64_t gpus, int64_
     for (int64_t slot = first; slot < last; ++slot) {
         const int64_t round = slot / gpus, at = slot % gpus;
         const int64_t g = round % 2 == 0 ? at : gpus - 1 - at;
+        if (c == 2) {  // the same additions, in the same order, as the general loop
+            sum[g] = r[g] + r[2 * gpus - 1 - g];
+            continue;
+        }
         double x = r[g];
         for (int64_t j = 1; j < c; ++j) x += r[j * gpus + (j % 2 == 1 ? gpus - 1 - g : g)];
         sum[g] = x;
@@ -176,8 +181,18 @@ Deal keep_trial(int64_t lo, int64_t hi, const int64_t* cnt, int64_t gpus, int64_
                 PairScratch& s) {
     const int64_t* order = s.order.data();
     int64_t* owner = s.owner.data();
+    const int64_t last = s.start[hi + 1];
     int64_t k = s.start[lo];
-    for (int64_t i = lo; i <= hi; ++i) {
+    constexpr int64_t kUnrolled = 4;  // as in trial_deal
+    int64_t i = lo;
+    for (; i <= hi && k + kUnrolled <= last; ++i) {
+        const int64_t e = order[i];
+        s.start[i] = k;
+        for (int64_t t = 0; t < kUnrolled; ++t) owner[k + t] = e;
+        for (int64_t t = kUnrolled; t < cnt[e]; ++t) owner[k + t] = e;
+        k += cnt[e];
+    }
+    for (; i <= hi; ++i) {
         const int64_t e = order[i];
         s.start[i] = k;
         for (int64_t t = 0; t < cnt[e]; ++t) owner[k + t] = e;
