@@ -42,12 +42,15 @@ INT_MAX = (1 << 31) - 1
 
 def count(name: str, value: Any, minimum: int = 1) -> int:
     """`value` as an int >= minimum, else TypeError/ValueError naming `name`."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got bool")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if type(value) is int:  # the common case (a bool's type is bool)
+        n = value
+    else:
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer, got bool")
+        try:
+            n = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
     if n < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {n}")
     return n
