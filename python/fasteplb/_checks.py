@@ -42,12 +42,15 @@ INT_MAX = (1 << 31) - 1
 
 def count(name: str, value: Any, minimum: int = 1) -> int:
     """`value` as an int >= minimum, else TypeError/ValueError naming `name`."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got bool")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if type(value) is int:  # the common case (a bool's type is bool)
+        n = value
+    else:
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer, got bool")
+        try:
+            n = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
     if n < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {n}")
     return n
@@ -71,10 +74,22 @@ def _real(name: str, value: Any) -> float:
     return float(value)
 
 
+_HISTORY_DEFAULTS = (0.5, 8, 1.0, 8)  # rebalance_experts' alpha, window, z, replays
+
+
 def history(
     mode: Any, alpha: Any, window: Any, z: Any, replays: Any
 ) -> tuple[str, float, int, float, int]:
     """Checks the history options (as the core does); mode None means "auto"."""
+    if (
+        mode is None
+        and type(alpha) is float
+        and type(window) is int
+        and type(z) is float
+        and type(replays) is int
+        and (alpha, window, z, replays) == _HISTORY_DEFAULTS
+    ):
+        return ("auto", *_HISTORY_DEFAULTS)  # the defaults, which every call passes unless told
     if mode is None:
         mode = "auto"
     if not isinstance(mode, str):
@@ -298,6 +313,10 @@ def memory(
     """Raises ValueError naming `call` when its memory_estimate exceeds the memory available
     (checked before anything is allocated; where the system does not say, not checked). Only
     an estimate above MEMORY_CHECK_BYTES reads the system's figures, once."""
+    # The estimate grows with the workers, at most one per row: when even that many stay
+    # below the threshold, the CPU count (a system call) is not needed.
+    if memory_estimate(rows, cols, slots, max(1, rows), log2phy, nodes) <= MEMORY_CHECK_BYTES:
+        return
     need = memory_estimate(rows, cols, slots, threads, log2phy, nodes)
     if need <= MEMORY_CHECK_BYTES:
         return

@@ -33,7 +33,7 @@ def check_tensor(x: Any, name: str) -> None:
         )
     if x.is_quantized:
         raise TypeError(f"{name} must not be quantized ({x.dtype}); call .dequantize() first")
-    if x.device.type == "meta":
+    if x.is_meta:
         raise TypeError(f"{name} is on the meta device, which holds no values")
     if x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{name} must have a real or integer dtype, got {x.dtype}")
@@ -96,9 +96,11 @@ class Weights:
         torch = _torch()
         if torch is not None and isinstance(weight, torch.Tensor):
             check_tensor(weight, "weight")
-            self._source = weight.detach()
+            # detach() only where autograd tracks the tensor: it costs more than the rest of
+            # this constructor, and .numpy() reads an untracked tensor as it is.
+            self._source = weight.detach() if weight.requires_grad else weight
             self.device = weight.device
-            self._cpu = self.device.type == "cpu"
+            self._cpu = weight.is_cpu
             self.shape = tuple(weight.shape)
             return
         check_not_masked(weight, "weight")
@@ -160,7 +162,7 @@ class Weights:
             return outputs
         torch = _torch()
         if self._cpu:
-            return tuple(torch.from_numpy(o) for o in outputs)
+            return tuple([torch.from_numpy(o) for o in outputs])
         # One host-to-device transfer for all outputs, then views into it. The outputs are
         # joined in numpy: a torch CPU op here would wake torch's intra-op thread pool, whose
         # spinning threads then compete with the planner's own threads on the next call

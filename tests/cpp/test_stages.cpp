@@ -175,6 +175,111 @@ void test_replicate(int cases) {
     }
 }
 
+// The count search written plainly (each trial re-sorts the experts and deals every replica
+// again): improve_counts, with its partial re-deals and copies, must return the same counts.
+I64 plain_count_search(const F64& w, int64_t c, I64 cnt) {
+    const int64_t n = static_cast<int64_t>(w.size());
+    int64_t slots = 0;
+    for (const int64_t x : cnt) slots += x;
+    const int64_t gpus = slots / c;
+    struct Eval {
+        double peak;
+        int64_t ties, top, bottom;
+        F64 sums;
+        I64 owner;
+    };
+    auto evaluate = [&](const I64& k) {
+        I64 order(static_cast<size_t>(n));
+        for (int64_t e = 0; e < n; ++e) order[e] = e;
+        auto q = [&](int64_t e) { return w[e] / static_cast<double>(k[e]); };
+        std::sort(order.begin(), order.end(),
+                  [&](int64_t x, int64_t y) { return q(x) > q(y) || (q(x) == q(y) && x < y); });
+        F64 r;
+        I64 owner;
+        for (const int64_t e : order) {
+            for (int64_t t = 0; t < k[e]; ++t) {
+                r.push_back(q(e));
+                owner.push_back(e);
+            }
+        }
+        F64 sums(static_cast<size_t>(gpus));
+        for (int64_t g = 0; g < gpus; ++g) {
+            double x = r[g];
+            for (int64_t j = 1; j < c; ++j) x += r[j * gpus + (j % 2 == 1 ? gpus - 1 - g : g)];
+            sums[g] = x;
+        }
+        const double peak = *std::max_element(sums.begin(), sums.end());
+        const int64_t g_peak = std::find(sums.begin(), sums.end(), peak) - sums.begin();
+        const int64_t ties = std::count(sums.begin(), sums.end(), peak);
+        return Eval{peak, ties, owner[g_peak], owner[2 * gpus - 1 - g_peak], sums, owner};
+    };
+    Eval deal = evaluate(cnt);
+    for (int64_t iter = 0; iter < n + 8; ++iter) {
+        // Donors: up to 4 experts with >= 2 replicas, the most room (peak - their heaviest
+        // GPU - the growth of their replicas) first, ties to the lower expert.
+        F64 worst(static_cast<size_t>(n), 0.0);
+        for (int64_t slot = 0; slot < slots; ++slot) {
+            const int64_t round = slot / gpus, at = slot % gpus;
+            const int64_t g = round % 2 == 0 ? at : gpus - 1 - at;
+            worst[deal.owner[slot]] = std::max(worst[deal.owner[slot]], deal.sums[g]);
+        }
+        std::vector<std::pair<double, int64_t>> room;
+        for (int64_t e = 0; e < n; ++e) {
+            if (cnt[e] < 2) continue;
+            const double growth =
+                w[e] / static_cast<double>(cnt[e] - 1) - w[e] / static_cast<double>(cnt[e]);
+            room.emplace_back(deal.peak - worst[e] - growth, e);
+        }
+        std::stable_sort(room.begin(), room.end(),
+                         [](const auto& x, const auto& y) { return x.first > y.first; });
+        if (room.size() > 4) room.resize(4);
+        bool moved = false;
+        const int64_t takers[2] = {deal.top, deal.bottom};
+        for (int t = 0; t < 2 && !moved; ++t) {
+            const int64_t b = takers[t];
+            if (t == 1 && b == deal.top) break;
+            for (const auto& donor : room) {
+                const int64_t a = donor.second;
+                if (a == b) continue;
+                I64 trial_cnt = cnt;
+                --trial_cnt[a];
+                ++trial_cnt[b];
+                Eval trial = evaluate(trial_cnt);
+                if (trial.peak < deal.peak || (trial.peak == deal.peak && trial.ties < deal.ties)) {
+                    cnt = trial_cnt;
+                    deal = std::move(trial);
+                    moved = true;
+                    break;
+                }
+            }
+        }
+        if (!moved) break;
+    }
+    return cnt;
+}
+
+void test_count_search(int cases) {
+    Rng rng(15);
+    std::vector<Quotient> cand;
+    PairScratch ps;
+    for (int t = 0; t < cases; ++t) {
+        // Both evaluations: small deals (fewer than 64 slots) and partial re-deals.
+        const int64_t c = pick(rng, 2, 3), gpus = pick(rng, 2, 48);
+        const int64_t slots = gpus * c;
+        const int64_t n = pick(rng, std::max<int64_t>(1, slots / 3), slots);
+        const F64 w = loads(rng, n);
+        const std::vector<Item> order = sorted_items(w);
+        I64 adams(n), slot_expert(slots), slot_rank(slots);
+        replicate_sorted(w.data(), n, slots, order.data(), cand, slot_expert.data(),
+                         slot_rank.data(), adams.data());
+        I64 tuned = adams;
+        improve_counts(w.data(), n, c, tuned.data(), ps, nullptr);
+        g_context = fmt("count search n=%lld gpus=%lld c=%lld case %d", static_cast<long long>(n),
+                        static_cast<long long>(gpus), static_cast<long long>(c), t);
+        CHECK(tuned == plain_count_search(w, c, adams));
+    }
+}
+
 // ---- stage 3: pack --------------------------------------------------------------------------
 
 // Naive LPT with cardinality: each item, in order, to the lightest pack with room.
@@ -679,6 +784,7 @@ int main(int argc, char** argv) {
     auto count = [scale](int n) { return std::max(1, static_cast<int>(n * scale)); };
     test_sort(count(300));
     test_replicate(count(300));
+    test_count_search(count(300));
     test_pack(count(300));
     test_pack_sorted(count(200));
     test_split(count(150));

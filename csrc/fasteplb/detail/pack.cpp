@@ -25,14 +25,14 @@ double refine_local(int64_t n, int64_t m, int rounds, PackScratch& s, bool diver
     const double refined = max_load(p);
     if (!diverted && refined <= std::max(label_greedy, base.limit)) return label_greedy;
     if (base.greedy_known && refined <= base.limit) return label_greedy;
-    std::vector<int64_t> kept_slot = p.slot;
-    std::vector<double> kept_load = p.load;
+    s.kept_slot.assign(p.slot.begin(), p.slot.end());
+    s.kept_load.assign(p.load.begin(), p.load.end());
     lpt(n, m, s, false);
     const double greedy = max_load(p);
     const double allowed = std::max(greedy, base.limit);
     if (refined <= allowed) {
-        p.slot.swap(kept_slot);
-        p.load.swap(kept_load);
+        p.slot.swap(s.kept_slot);
+        p.load.swap(s.kept_load);
         return greedy;
     }
     // The retries must reach `allowed`, even where it lies within the bound's tolerance (the
@@ -91,7 +91,22 @@ bool lpt(int64_t n, int64_t m, PackScratch& s, bool use_labels) {
     while (leaves < m) leaves *= 2;
     s.tree.resize(static_cast<size_t>(2 * leaves));
     PackNode* tree = s.tree.data();
-    for (int64_t q = 0; q < leaves; ++q) tree[leaves + q] = PackNode{q < m ? 0.0 : inf, q};
+    // While some pack is empty and every placed item weighs something, the lightest open pack
+    // is the first empty one, which holds no label: the first m items go to packs 0..m-1 in
+    // turn (items are sorted, so it suffices that item m-2 weighs something). Those packs are
+    // filled directly and the tree is built once over them, which is the tree the updates
+    // below would have left (each node: its subtree's least key, ties to the left).
+    const Item* items = s.order.data();
+    const int64_t direct = (m >= 2 && n >= m && items[m - 2].w > 0.0) || m == 1 ? m : 0;
+    for (int64_t q = 0; q < direct; ++q) {
+        slot[q * c] = items[q].idx;
+        load[q] = items[q].w;
+        count[q] = 1;
+    }
+    for (int64_t q = 0; q < leaves; ++q) {
+        const double key = q < direct ? (c > 1 ? load[q] : inf) : q < m ? 0.0 : inf;
+        tree[leaves + q] = PackNode{key, q};
+    }
     for (int64_t i = leaves - 1; i >= 1; --i) {
         const PackNode& l = tree[2 * i];
         const PackNode& r = tree[2 * i + 1];
@@ -108,7 +123,8 @@ bool lpt(int64_t n, int64_t m, PackScratch& s, bool use_labels) {
     interruption_point();
     bool diverted = false;
     int64_t p = tree[1].idx;
-    for (const Item& it : s.order) {
+    for (int64_t at = direct; at < n; ++at) {
+        const Item& it = items[at];
         if (label != nullptr && label[it.idx] >= 0 && holds(p, label[it.idx])) {
             // The lightest open pack already holds this expert: take the lightest open pack
             // that does not (ties: lower index), if any.

@@ -22,6 +22,8 @@ struct PackScratch {
     std::vector<double> heavy_w, light_w, dist;  // swap_refine
     std::vector<int64_t> count;                  // lpt: items per pack so far
     std::vector<PackNode> tree;                  // lpt: winner tree over the packs
+    std::vector<int64_t> kept_slot;              // refine_local: the first search's packing
+    std::vector<double> kept_load;
 };
 
 // A packing's largest pack load, and the plain greedy's (LPT without labels) on the same items.

@@ -7,6 +7,9 @@
 namespace fasteplb::detail {
 namespace {
 
+// From this many slots on, the count search re-deals a trial only in part.
+constexpr int64_t kIncrementalDeal = 64;
+
 // Above this many (extra slots x candidates) steps, replication uses a heap instead of scans.
 constexpr int64_t kScanWork = 256;
 
@@ -47,9 +50,10 @@ void worst_gpus(PairScratch& s, int64_t gpus, int64_t c) {
 // How many GPUs of the last dealt_peak reach `peak` (the tie-breaking objective: fewer GPUs
 // at the peak is progress too).
 int64_t at_peak(const PairScratch& s, double peak) {
-    int64_t ties = 0;
-    for (const double x : s.sums) ties += x == peak;
-    return ties;
+    // Counted in a double (exact below 2^53), which the compiler can vectorise.
+    double ties = 0.0;
+    for (const double x : s.sums) ties += x == peak ? 1.0 : 0.0;
+    return static_cast<int64_t>(ties);
 }
 
 // Up to kDonors experts with >= 2 replicas whose heaviest GPU has the most room left for the
@@ -83,6 +87,138 @@ Donors pick_donors(const double* w, int64_t n, const int64_t* cnt, const PairScr
         }
     }
     return d;
+}
+
+// The deal's first slot of each expert, by place in the order (start[n]: every slot).
+void deal_starts(const int64_t* cnt, PairScratch& s) {
+    const int64_t n = static_cast<int64_t>(s.order.size());
+    s.start.resize(static_cast<size_t>(n + 1));
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        s.start[i] = k;
+        k += cnt[s.order[i]];
+    }
+    s.start[n] = k;
+}
+
+// The deal's per-GPU sums from its replicas r, round by round in dealing order, so that each
+// sum is rounded as LPT's would be.
+void deal_sums(const double* r, int64_t gpus, int64_t c, double* sum) {
+    if (gpus < 8) {    // too few GPUs for the vector loops below to pay for their set-up
+        if (c == 3) {  // the same additions, in the same order, as the general loop
+            for (int64_t g = 0; g < gpus; ++g) {
+                sum[g] = r[g] + r[2 * gpus - 1 - g] + r[2 * gpus + g];
+            }
+            return;
+        }
+        for (int64_t g = 0; g < gpus; ++g) {
+            double x = r[g];
+            for (int64_t j = 1; j < c; ++j) x += r[j * gpus + (j % 2 == 1 ? gpus - 1 - g : g)];
+            sum[g] = x;
+        }
+        return;
+    }
+    for (int64_t g = 0; g < gpus; ++g) sum[g] = r[g];
+    for (int64_t round = 1; round < c; ++round) {
+        const double* block = r + round * gpus;
+        if (round % 2 == 1) {
+            for (int64_t g = 0; g < gpus; ++g) sum[g] += block[gpus - 1 - g];
+        } else {
+            for (int64_t g = 0; g < gpus; ++g) sum[g] += block[g];
+        }
+    }
+}
+
+// A trial deal after the experts at places lo..hi of the order changed (counts and places;
+// the set of them, and so their slots, unchanged): re-deals only their replica loads (not the
+// owners) and the sums of the GPUs holding those slots, bit-identical to dealt_peak's. The
+// old loads of those slots go to s.saved_replica, the old sums to s.saved_sums.
+void trial_deal(int64_t lo, int64_t hi, const int64_t* cnt, int64_t gpus, int64_t c,
+                PairScratch& s) {
+    const double* q = s.q.data();
+    const int64_t* order = s.order.data();
+    double* r = s.replica.data();
+    const int64_t first = s.start[lo], last = s.start[hi + 1];
+    s.saved_replica.assign(r + first, r + last);
+    s.saved_sums.assign(s.sums.begin(), s.sums.end());
+    int64_t k = first;
+    // As dealt_peak: four writes without a loop, those past an expert's run overwritten by
+    // the next experts, while all four land inside the re-dealt slots (those after stay).
+    constexpr int64_t kUnrolled = 4;
+    int64_t i = lo;
+    for (; i <= hi && k + kUnrolled <= last; ++i) {
+        const int64_t e = order[i];
+        for (int64_t t = 0; t < kUnrolled; ++t) r[k + t] = q[e];
+        for (int64_t t = kUnrolled; t < cnt[e]; ++t) r[k + t] = q[e];
+        k += cnt[e];
+    }
+    for (; i <= hi; ++i) {
+        const int64_t e = order[i];
+        for (int64_t t = 0; t < cnt[e]; ++t) r[k + t] = q[e];
+        k += cnt[e];
+    }
+    double* sum = s.sums.data();
+    if (last - first >= gpus) {
+        deal_sums(r, gpus, c, sum);
+        return;
+    }
+    for (int64_t slot = first; slot < last; ++slot) {
+        const int64_t round = slot / gpus, at = slot % gpus;
+        const int64_t g = round % 2 == 0 ? at : gpus - 1 - at;
+        if (c == 2) {  // the same additions, in the same order, as the general loop
+            sum[g] = r[g] + r[2 * gpus - 1 - g];
+            continue;
+        }
+        double x = r[g];
+        for (int64_t j = 1; j < c; ++j) x += r[j * gpus + (j % 2 == 1 ? gpus - 1 - g : g)];
+        sum[g] = x;
+    }
+}
+
+// Keeps trial_deal's deal: the owners and starts of places lo..hi follow. Returns its
+// heaviest GPU as dealt_peak does.
+Deal keep_trial(int64_t lo, int64_t hi, const int64_t* cnt, int64_t gpus, int64_t c,
+                PairScratch& s) {
+    const int64_t* order = s.order.data();
+    int64_t* owner = s.owner.data();
+    const int64_t last = s.start[hi + 1];
+    int64_t k = s.start[lo];
+    constexpr int64_t kUnrolled = 4;  // as in trial_deal
+    int64_t i = lo;
+    for (; i <= hi && k + kUnrolled <= last; ++i) {
+        const int64_t e = order[i];
+        s.start[i] = k;
+        for (int64_t t = 0; t < kUnrolled; ++t) owner[k + t] = e;
+        for (int64_t t = kUnrolled; t < cnt[e]; ++t) owner[k + t] = e;
+        k += cnt[e];
+    }
+    for (; i <= hi; ++i) {
+        const int64_t e = order[i];
+        s.start[i] = k;
+        for (int64_t t = 0; t < cnt[e]; ++t) owner[k + t] = e;
+        k += cnt[e];
+    }
+    const double* sum = s.sums.data();
+    double peak = sum[0];
+    for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
+    int64_t g_peak = 0;
+    while (sum[g_peak] != peak) ++g_peak;
+    const int64_t top = owner[g_peak];
+    return Deal{peak, top, c >= 2 ? owner[2 * gpus - 1 - g_peak] : top};
+}
+
+// Undoes trial_deal (the order already restored).
+void undo_trial(int64_t lo, PairScratch& s) {
+    std::copy(s.saved_replica.begin(), s.saved_replica.end(), s.replica.begin() + s.start[lo]);
+    s.sums.swap(s.saved_sums);
+}
+
+// The peak of the trial deal: its heaviest GPU's sum.
+double trial_peak(const PairScratch& s, int64_t gpus) {
+    const double* sum = s.sums.data();
+    double peak = sum[0];
+    for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
+    return peak;
 }
 
 }  // namespace
@@ -168,16 +304,7 @@ Deal dealt_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>&
         }
         k += n;
     }
-    // Round by round, in dealing order, so each GPU's sum is rounded as LPT's would be.
-    for (int64_t g = 0; g < gpus; ++g) sum[g] = r[g];
-    for (int64_t round = 1; round < c; ++round) {
-        const double* block = r + round * gpus;
-        if (round % 2 == 1) {
-            for (int64_t g = 0; g < gpus; ++g) sum[g] += block[gpus - 1 - g];
-        } else {
-            for (int64_t g = 0; g < gpus; ++g) sum[g] += block[g];
-        }
-    }
+    deal_sums(r, gpus, c, sum);
     double peak = sum[0];
     for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
     int64_t g_peak = 0;
@@ -185,6 +312,29 @@ Deal dealt_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>&
     const int64_t top = owner[g_peak];
     return Deal{peak, top, c >= 2 ? owner[2 * gpus - 1 - g_peak] : top};
 }
+
+namespace {
+
+// dealt_peak's peak, without the owners (s.replica and s.sums only).
+double deal_loads(const double* q, const int64_t* cnt, const std::vector<int64_t>& order,
+                  int64_t gpus, int64_t c, PairScratch& s) {
+    constexpr int64_t kUnrolled = 4;  // as dealt_peak
+    double* r = s.replica.data();
+    int64_t k = 0;
+    for (const int64_t e : order) {
+        const int64_t n = cnt[e];
+        for (int64_t t = 0; t < kUnrolled; ++t) r[k + t] = q[e];
+        for (int64_t t = kUnrolled; t < n; ++t) r[k + t] = q[e];
+        k += n;
+    }
+    double* sum = s.sums.data();
+    deal_sums(r, gpus, c, sum);
+    double peak = sum[0];
+    for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
+    return peak;
+}
+
+}  // namespace
 
 // A local search that moves one replica at a time from a donor (among the few experts whose
 // replicas would grow least) to an expert of the heaviest GPU, re-evaluating the deal exactly
@@ -204,13 +354,27 @@ CountSearch improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, 
               [q](int64_t x, int64_t y) { return q[x] > q[y] || (q[x] == q[y] && x < y); });
     s.pos.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) s.pos[s.order[i]] = i;
-    auto shift = [&](int64_t from, int64_t to) {  // one replica of `from` goes to `to`
+    // Small deals are cheaper dealt afresh for each trial than re-dealt in part and undone.
+    const bool incremental = slots >= kIncrementalDeal;
+    // One replica of `from` goes to `to`; returns the places lo..hi of the order whose experts
+    // changed (each recount moves one expert and shifts those in between).
+    auto shift = [&](int64_t from, int64_t to) {
         --cnt[from];
         ++cnt[to];
+        const int64_t from0 = s.pos[from], to0 = s.pos[to];
         recount(w, cnt, s, from);
+        const int64_t from1 = s.pos[from], to1 = s.pos[to];
         recount(w, cnt, s, to);
+        return std::make_pair(std::min({from0, from1, to0, to1, s.pos[from], s.pos[to]}),
+                              std::max({from0, from1, to0, to1, s.pos[from], s.pos[to]}));
     };
     Deal deal = dealt_peak(q, cnt, s.order, gpus, c, s);
+    if (incremental) {
+        deal_starts(cnt, s);
+    } else {
+        s.saved_order.resize(static_cast<size_t>(n));
+        s.saved_pos.resize(static_cast<size_t>(n));
+    }
     int64_t ties = at_peak(s, deal.peak);
     const double start = deal.peak;
     if (start_loads != nullptr) start_loads->assign(s.replica.begin(), s.replica.begin() + slots);
@@ -230,18 +394,45 @@ CountSearch improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, 
             for (int d = 0; d < donors.found; ++d) {
                 const int64_t a = donors.expert[d];
                 if (a == b) continue;
-                shift(a, b);
-                const Deal trial = dealt_peak(q, cnt, s.order, gpus, c, s);
-                if (trial.peak < deal.peak ||
-                    (trial.peak == deal.peak && at_peak(s, trial.peak) < ties)) {
-                    deal = trial;
-                    ties = at_peak(s, trial.peak);
+                if (!incremental) {
+                    // A small deal: the trial's loads dealt afresh (owners only if kept), the
+                    // order restored from a copy.
+                    const double qa = q[a], qb = q[b];
+                    std::copy(s.order.begin(), s.order.end(), s.saved_order.begin());
+                    std::copy(s.pos.begin(), s.pos.end(), s.saved_pos.begin());
+                    --cnt[a];
+                    ++cnt[b];
+                    recount(w, cnt, s, a);
+                    recount(w, cnt, s, b);
+                    const double peak = deal_loads(q, cnt, s.order, gpus, c, s);
+                    if (peak < deal.peak || (peak == deal.peak && at_peak(s, peak) < ties)) {
+                        deal = dealt_peak(q, cnt, s.order, gpus, c, s);
+                        ties = at_peak(s, deal.peak);
+                        worst_gpus(s, gpus, c);
+                        moved = true;
+                        break;
+                    }
+                    ++cnt[a];
+                    --cnt[b];
+                    s.q[a] = qa;
+                    s.q[b] = qb;
+                    std::copy(s.saved_order.begin(), s.saved_order.end(), s.order.begin());
+                    std::copy(s.saved_pos.begin(), s.saved_pos.end(), s.pos.begin());
+                    continue;
+                }
+                const auto [lo, hi] = shift(a, b);
+                trial_deal(lo, hi, cnt, gpus, c, s);
+                const double peak = trial_peak(s, gpus);
+                if (peak < deal.peak || (peak == deal.peak && at_peak(s, peak) < ties)) {
+                    deal = keep_trial(lo, hi, cnt, gpus, c, s);
+                    ties = at_peak(s, deal.peak);
                     worst_gpus(s, gpus, c);
                     moved = true;
                     break;
                 }
                 // Undo: the order is a strict total order, so re-sorting restores it exactly.
                 shift(b, a);
+                undo_trial(lo, s);
             }
         }
         if (!moved) break;

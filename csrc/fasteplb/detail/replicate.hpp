@@ -36,6 +36,9 @@ struct PairScratch {
     std::vector<double> sums;     // the deal's per-GPU sums
     std::vector<double> replica;  // the deal: replica loads, heaviest first (padded)
     std::vector<int64_t> owner;   // the deal: each replica's expert
+    std::vector<int64_t> start;   // start[i]: the first slot of order[i]'s replicas in the deal
+    std::vector<double> saved_replica, saved_sums;  // a trial deal's undo: loads, sums
+    std::vector<int64_t> saved_order, saved_pos;    // or (small deals) order and places
 };
 
 // The heaviest GPU when the replicas, heaviest first, are dealt to `gpus` GPUs in zig-zag

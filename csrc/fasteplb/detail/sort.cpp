@@ -13,6 +13,8 @@ namespace {
 // kBlock and merged, since ranking is quadratic.
 constexpr int64_t kSingleBlock = 96;
 constexpr int64_t kBlock = 64;
+// Up to this many items, a plain insertion sort beats ranking's set-up.
+constexpr int64_t kInsertion = 16;
 
 // Sorts one block of items (in index order on entry) by descending load, ties to the lower
 // index: rank on float keys, then repair with exact comparisons. Rounding a double to float
@@ -55,6 +57,17 @@ void rank_sort_block(Item* items, int64_t n, Item* buffer, SortScratch& s) {
 
 void sort_items(std::vector<Item>& items, SortScratch& s) {
     const int64_t n = static_cast<int64_t>(items.size());
+    if (n <= kInsertion) {
+        // (load desc, index asc) is a strict total order: any exact sort gives this order.
+        Item* a = items.data();
+        for (int64_t i = 1; i < n; ++i) {
+            const Item x = a[i];
+            int64_t j = i;
+            for (; j > 0 && heavier_first(x, a[j - 1]); --j) a[j] = a[j - 1];
+            a[j] = x;
+        }
+        return;
+    }
     s.buffer.resize(items.size());
     const int64_t block = n <= kSingleBlock ? n : kBlock;
     for (int64_t lo = 0; lo < n; lo += block) {
