@@ -103,6 +103,17 @@ void deal_starts(const int64_t* cnt, PairScratch& s) {
 
 // The deal's per-GPU sums from its replicas r, round by round in dealing order, so that each
 // sum is rounded as LPT's would be.
+// A deal's result from its GPU sums: the largest (the first GPU with it), the expert dealt
+// first onto that GPU and, with two or more slots per GPU, the one dealt second.
+Deal deal_of(const double* sum, int64_t gpus, int64_t c, const int64_t* owner) {
+    double peak = sum[0];
+    for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
+    int64_t g_peak = 0;
+    while (sum[g_peak] != peak) ++g_peak;
+    const int64_t top = owner[g_peak];
+    return Deal{peak, top, c >= 2 ? owner[2 * gpus - 1 - g_peak] : top};
+}
+
 void deal_sums(const double* r, int64_t gpus, int64_t c, double* sum) {
     if (gpus < 8) {    // too few GPUs for the vector loops below to pay for their set-up
         if (c == 3) {  // the same additions, in the same order, as the general loop
@@ -199,12 +210,7 @@ Deal keep_trial(int64_t lo, int64_t hi, const int64_t* cnt, int64_t gpus, int64_
         k += cnt[e];
     }
     const double* sum = s.sums.data();
-    double peak = sum[0];
-    for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
-    int64_t g_peak = 0;
-    while (sum[g_peak] != peak) ++g_peak;
-    const int64_t top = owner[g_peak];
-    return Deal{peak, top, c >= 2 ? owner[2 * gpus - 1 - g_peak] : top};
+    return deal_of(sum, gpus, c, owner);
 }
 
 // Undoes trial_deal (the order already restored).
@@ -305,12 +311,7 @@ Deal dealt_peak(const double* q, const int64_t* cnt, const std::vector<int64_t>&
         k += n;
     }
     deal_sums(r, gpus, c, sum);
-    double peak = sum[0];
-    for (int64_t g = 1; g < gpus; ++g) peak = std::max(peak, sum[g]);
-    int64_t g_peak = 0;
-    while (sum[g_peak] != peak) ++g_peak;
-    const int64_t top = owner[g_peak];
-    return Deal{peak, top, c >= 2 ? owner[2 * gpus - 1 - g_peak] : top};
+    return deal_of(sum, gpus, c, owner);
 }
 
 namespace {
@@ -348,10 +349,13 @@ CountSearch improve_counts(const double* w, int64_t n, int64_t c, int64_t* cnt, 
     s.q.resize(static_cast<size_t>(n));
     for (int64_t e = 0; e < n; ++e) s.q[e] = w[e] / static_cast<double>(cnt[e]);
     const double* q = s.q.data();
+    // Sorting (load, id) pairs compares within the array, not through q.
+    s.by_load.resize(static_cast<size_t>(n));
+    for (int64_t e = 0; e < n; ++e) s.by_load[e] = Item{q[e], e};
+    std::sort(s.by_load.begin(), s.by_load.end(),
+              [](const Item& x, const Item& y) { return heavier_first(x, y); });
     s.order.resize(static_cast<size_t>(n));
-    for (int64_t e = 0; e < n; ++e) s.order[e] = e;
-    std::sort(s.order.begin(), s.order.end(),
-              [q](int64_t x, int64_t y) { return q[x] > q[y] || (q[x] == q[y] && x < y); });
+    for (int64_t i = 0; i < n; ++i) s.order[i] = s.by_load[i].idx;
     s.pos.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) s.pos[s.order[i]] = i;
     // Small deals are cheaper dealt afresh for each trial than re-dealt in part and undone.

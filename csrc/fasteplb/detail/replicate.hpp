@@ -29,6 +29,7 @@ void layout_counts(int64_t n, const int64_t* cnt, int64_t* phy2log, int64_t* ran
 // counts it returned (each expert's load per replica, and the experts by it, descending), and
 // dealt_peak over them deals those counts; `replica` / `owner` then hold the deal.
 struct PairScratch {
+    std::vector<Item> by_load;    // (load per replica, expert), sorted into `order`
     std::vector<int64_t> order;   // experts by (load per replica desc, index asc)
     std::vector<int64_t> pos;     // pos[e]: expert e's place in order
     std::vector<double> q;        // load per replica, w[e] / cnt[e]
