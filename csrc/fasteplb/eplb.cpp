@@ -183,17 +183,21 @@ void rebalance_experts(const double* weight, int64_t layers, int64_t experts, in
     detail::Shape sh{experts, num_replicas, num_groups, num_nodes, num_gpus};
     if (num_groups % num_nodes != 0) sh.groups = sh.nodes = 1;  // global policy
     const int threads = threads_for(opt, layers, num_replicas);
-    if (mig.old_phy2log != nullptr && mig.max_moves_total >= 0) {
+    if (mig.old_phy2log != nullptr && mig.max_moves_total > 0) {
         migrate_within_total(weight, layers, experts, sh, opt, mig, threads, phy2log, phyrank,
                              logcnt, alloc);
         return;
     }
     if (mig.old_phy2log != nullptr) {
+        // A model-wide budget of 0 keeps every layer's old placement, as max_moves = 0 does
+        // (not only its copies: a re-plan can also rearrange a GPU's slots without one).
+        Migration layer_mig = mig;
+        if (mig.max_moves_total == 0) layer_mig.max_moves = 0;
         plan_layers<detail::MigrateScratch>(
             layers, experts, num_replicas, threads,
             [&](detail::MigrateScratch& s, int64_t l) {
                 detail::migrate_layer(weight + l * experts, mig.old_phy2log + l * num_replicas, sh,
-                                      opt, mig, s, phy2log + l * num_replicas,
+                                      opt, layer_mig, s, phy2log + l * num_replicas,
                                       phyrank + l * num_replicas, logcnt + l * experts);
             },
             phy2log, phyrank, logcnt, alloc);

@@ -67,7 +67,8 @@ def rebalance_experts(
             busiest GPU: every layer is re-planned at per-layer budgets 0, 1, 2, 4, 8, 12, 16,
             24, ... (within ``max_moves``), and the budget goes greedily to the steps that lower
             the sum of the layers' largest loads most per copy, so each further copy buys no
-            more than the one before. Costs about 10-12 re-plans per layer. None: no cap.
+            more than the one before. Costs about 10-12 re-plans per layer. 0 keeps the old
+            placement, as ``max_moves=0`` does. None: no cap.
         min_gain: keep a layer's old placement unless re-planning lowers its largest GPU
             load by more than this fraction, in [0, 1) (None: 0, keep it unless it improves)
         enable_hierarchical: the policy switch of SGLang's copy of DeepSeek's planner
