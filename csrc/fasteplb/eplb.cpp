@@ -88,19 +88,25 @@ void migrate_within_total(const double* weight, int64_t layers, int64_t experts,
         return detail::migrate_layer(weight + l * experts, mig.old_phy2log + l * P, sh, opt, m, s,
                                      phy2log + l * P, phyrank + l * P, logcnt + l * experts);
     };
+    // A re-plan at `budget` as a point: its copies counted against the old placement.
+    auto point = [&](detail::MigrateScratch& s, int64_t l, int64_t budget) {
+        const double peak = plan(s, l, budget);
+        const int64_t moves = detail::count_moves(mig.old_phy2log + l * P, phy2log + l * P, sh.gpus,
+                                                  P / sh.gpus, s.node.stamp, experts);
+        return detail::BudgetPoint{budget, moves, peak};
+    };
     parallel_rows(
         layers, threads, [] { return Scratch{}; },
         [&](Scratch& s, int64_t l) {
-            const detail::LayerOutcome full = plan(s.migrate, l, mig.max_moves);
+            const detail::BudgetPoint full = point(s.migrate, l, mig.max_moves);
             detail::budget_grid(full.moves, s.budgets);
             std::vector<detail::BudgetPoint>& pts = points[l];
             for (const int64_t b : s.budgets) {
                 if (b == full.moves) {
-                    pts.push_back(detail::BudgetPoint{mig.max_moves, full.moves, full.peak});
+                    pts.push_back(full);
                     break;
                 }
-                const detail::LayerOutcome o = plan(s.migrate, l, b);
-                pts.push_back(detail::BudgetPoint{b, o.moves, o.peak});
+                pts.push_back(point(s.migrate, l, b));
             }
         });
     const std::vector<int64_t> chosen = detail::allocate_moves(points, mig.max_moves_total);

@@ -555,9 +555,9 @@ int64_t count_moves(const int64_t* old_slots, const int64_t* new_slots, int64_t 
     return moves;
 }
 
-LayerOutcome migrate_layer(const double* w, const int64_t* old, const Shape& sh, const Options& opt,
-                           const Migration& mig, MigrateScratch& s, int64_t* phy2log,
-                           int64_t* phyrank, int64_t* logcnt) {
+double migrate_layer(const double* w, const int64_t* old, const Shape& sh, const Options& opt,
+                     const Migration& mig, MigrateScratch& s, int64_t* phy2log, int64_t* phyrank,
+                     int64_t* logcnt) {
     const int64_t E = sh.experts, P = sh.replicas;
     const double old_peak = placement_peak(w, old, E, P, sh.gpus, s.old_cnt);
     std::optional<double> peak;
@@ -570,11 +570,10 @@ LayerOutcome migrate_layer(const double* w, const int64_t* old, const Shape& sh,
         std::copy(old, old + P, phy2log);
         std::copy(s.old_cnt.begin(), s.old_cnt.end(), logcnt);
         ranks_by_slot(phy2log, P, E, s.old_cnt, phyrank);
-        return LayerOutcome{old_peak, 0};
+        return old_peak;
     }
     ranks_by_slot(phy2log, P, E, s.old_cnt, phyrank);
-    const int64_t k = P / sh.gpus;
-    return LayerOutcome{*peak, count_moves(old, phy2log, sh.gpus, k, s.node.stamp, E)};
+    return *peak;
 }
 
 }  // namespace fasteplb::detail

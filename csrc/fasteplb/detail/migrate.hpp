@@ -48,21 +48,15 @@ struct MigrateScratch {
     std::vector<int64_t> node_old, node_out, mlogcnt, phy2mlog, phyrank, trial_cnt, kept_cnt;
 };
 
-// What a layer's re-plan reached: its largest GPU load and the copies it makes.
-struct LayerOutcome {
-    double peak;
-    int64_t moves;
-};
-
 // Re-plans one layer.
 //   w: [experts]; old: [replicas] its current phy2log; phy2log, phyrank: [replicas];
 //   logcnt: [experts] (outputs)
 // The old placement is kept unless the new one lowers the largest GPU load by more than
 // mig.min_gain (and at all); mig.max_moves caps the copies (mig.max_moves_total is the
-// caller's). Replica ranks follow slot order.
-LayerOutcome migrate_layer(const double* w, const int64_t* old, const Shape& sh, const Options& opt,
-                           const Migration& mig, MigrateScratch& s, int64_t* phy2log,
-                           int64_t* phyrank, int64_t* logcnt);
+// caller's). Replica ranks follow slot order. Returns the largest GPU load of the plan.
+double migrate_layer(const double* w, const int64_t* old, const Shape& sh, const Options& opt,
+                     const Migration& mig, MigrateScratch& s, int64_t* phy2log, int64_t* phyrank,
+                     int64_t* logcnt);
 
 // A node's move budget: `pool` plus the ceiling share (spare + parts - 1) / parts of `spare`
 // over `parts` >= 1 nodes, saturated at INT64_MAX instead of overflowing for budgets near 2^63
